@@ -1,0 +1,193 @@
+"""Loading and saving the five Stable Diffusion components, from a preset, a local folder or a hub id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .errors import UserError
+from .presets import PRESETS, build_random_components
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ModelComponents:
+    """Everything a Text2Video-Zero run needs from a Stable Diffusion 1.x checkpoint."""
+
+    model_id: str
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    scheduler: DDIMScheduler
+    weights_sha256: str
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise UserError(f"invalid device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available on this machine")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Half precision on GPUs, float32 on CPUs (where half is slow and less tested), unless the user chooses."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UserError(f"invalid dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def weights_sha256(*modules: torch.nn.Module) -> str:
+    """Content hash of the weights as loaded (names, dtypes, shapes and bytes), independent of where they came from."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+COMPONENT_FOLDERS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def _download(repo_id: str) -> Path:
+    """Fetch only what we load (configs, tokenizer, safetensors of the five components) into the hub cache."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["model_index.json", *(f"{name}/*.json" for name in COMPONENT_FOLDERS), "tokenizer/*.txt"]
+    patterns += [f"{name}/*.safetensors" for name in COMPONENT_FOLDERS]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=["*.fp16.*", "*non_ema*"]))
+    except Exception as error:  # the hub client raises many types: network, auth, missing repo
+        raise UserError(f"cannot fetch model {repo_id!r} from the hub: {str(error).splitlines()[0]}") from None
+
+
+def _resolve_folder(model: str) -> Path:
+    """A local diffusers folder for `model`: the folder itself, or a hub id's snapshot."""
+    folder = Path(model).expanduser()
+    if not folder.exists() and HUB_ID.fullmatch(model) and not model.startswith("."):
+        folder = _download(model)
+    elif not folder.exists():
+        raise UserError(
+            f"model {model!r} is not a preset ({', '.join(PRESETS)}), an existing folder, or a hub id (org/name)"
+        )
+    if not (folder / "model_index.json").is_file():
+        raise UserError(f"model folder {model!r} is not a diffusers folder (no model_index.json)")
+    return folder
+
+
+def _load_pretrained(model: str) -> dict[str, Any]:
+    folder = _resolve_folder(model)
+    try:
+        return {
+            "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+            "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder"),
+            "unet": UNet2DConditionModel.from_pretrained(folder / "unet"),
+            "vae": AutoencoderKL.from_pretrained(folder / "vae"),
+            # Text2Video-Zero is defined with DDIM; checkpoints often ship PNDM, whose config DDIM accepts.
+            "scheduler": DDIMScheduler.from_pretrained(folder / "scheduler"),
+        }
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load model {model!r} from {folder}: {str(error).splitlines()[0]}") from None
+
+
+def load_components(
+    model: str, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> ModelComponents:
+    """Load a preset name, a diffusers-format folder or a hub id onto `device` in `dtype`."""
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    parts = build_random_components(model) if model in PRESETS else _load_pretrained(model)
+    digest = weights_sha256(parts["text_encoder"], parts["unet"], parts["vae"])
+    for name in ("text_encoder", "unet", "vae"):
+        parts[name].to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return ModelComponents(model_id=model, weights_sha256=digest, **parts)
+
+
+def save_components(components: ModelComponents, folder: str | Path) -> Path:
+    """Write a diffusers-format Stable Diffusion folder that diffusers' own pipelines load too."""
+    import diffusers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    components.tokenizer.save_pretrained(folder / "tokenizer")
+    components.text_encoder.save_pretrained(folder / "text_encoder")
+    components.unet.save_pretrained(folder / "unet")
+    components.vae.save_pretrained(folder / "vae")
+    components.scheduler.save_pretrained(folder / "scheduler")
+    _save_placeholder_safety_checker(folder)
+    model_index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "requires_safety_checker": False,
+        "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    return folder
+
+
+def _save_placeholder_safety_checker(folder: Path) -> None:
+    """A tiny safety checker whose thresholds (diffusers' initial ones) can never flag an image.
+
+    t2v-fast never runs a safety checker, but diffusers' TextToVideoZeroPipeline refuses to load a folder without one;
+    this placeholder lets `TextToVideoZeroPipeline.from_pretrained(folder)` work with no extra arguments.
+    """
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    tiny = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 1}
+    config = CLIPConfig(
+        text_config={
+            **tiny,
+            "vocab_size": 514,
+            "max_position_embeddings": 77,
+            "bos_token_id": 512,
+            "eos_token_id": 513,
+        },
+        vision_config={**tiny, "image_size": 32, "patch_size": 4},
+        projection_dim=32,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        StableDiffusionSafetyChecker(config).save_pretrained(folder / "safety_checker")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder / "feature_extractor"
+    )

@@ -1,0 +1,125 @@
+"""Random-weight model presets built from configs.
+
+No weights can be downloaded where we develop and test, so every component can also be built from its config with
+deterministic random weights. The architecture, shapes and cost are those of the real model; only the values differ.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .errors import UserError
+
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "unet": {
+        "block_out_channels": [32, 64],
+        "layers_per_block": 1,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+    },
+    "vae": {
+        "block_out_channels": [16, 16, 32, 32],
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "latent_channels": 4,
+        "sample_size": 64,
+        "scaling_factor": 0.18215,
+    },
+    "text_encoder": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "max_position_embeddings": 77,
+        "vocab_size": 1000,
+        "projection_dim": 32,
+        "hidden_act": "quick_gelu",
+        "bos_token_id": 512,
+        "eos_token_id": 513,
+        "pad_token_id": 513,
+    },
+    "scheduler": {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "steps_offset": 1,
+        "set_alpha_to_one": False,
+        "clip_sample": False,
+    },
+}
+
+
+def _packaged_configs(family: str) -> dict[str, dict[str, Any]]:
+    folder = resources.files("t2v_fast") / "configs" / family
+    return {
+        name: json.loads((folder / f"{name}.json").read_text()) for name in ("unet", "vae", "text_encoder", "scheduler")
+    }
+
+
+PRESETS: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {
+    "tiny-random": lambda: TINY_CONFIGS,
+    "sd15-random": lambda: _packaged_configs("sd15"),
+}
+
+
+def preset_configs(name: str) -> dict[str, dict[str, Any]]:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def byte_level_tokenizer(max_length: int = 77) -> CLIPTokenizer:
+    """A CLIP tokenizer whose vocabulary is the 256 byte symbols, each alone or ending a word, and no merges.
+
+    The real CLIP vocabulary cannot be downloaded here; this one tokenizes any text the same way CLIP's BPE would before
+    merges, so ids stay below 514 and fit every CLIP text encoder's embedding table.
+    """
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = {symbol: i for i, symbol in enumerate(symbols)}
+    vocab.update({f"{symbol}</w>": len(symbols) + i for i, symbol in enumerate(symbols)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def _strip_meta(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if not k.startswith("_") and k != "model_type"}
+
+
+def build_networks(configs: dict[str, dict[str, Any]]) -> dict[str, torch.nn.Module]:
+    """Text encoder, UNet and VAE from their configs, initialised by the current torch RNG (and device context)."""
+    return {
+        "text_encoder": CLIPTextModel(CLIPTextConfig(**_strip_meta(configs["text_encoder"]))),
+        "unet": UNet2DConditionModel(**_strip_meta(configs["unet"])),
+        "vae": AutoencoderKL(**_strip_meta(configs["vae"])),
+    }
+
+
+def build_random_components(name: str, seed: int = 0) -> dict[str, Any]:
+    """Build tokenizer, text encoder, UNet, VAE and DDIM scheduler of a preset with weights fixed by `seed`."""
+    configs = preset_configs(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        networks = build_networks(configs)
+    tokenizer = byte_level_tokenizer(configs["text_encoder"]["max_position_embeddings"])
+    scheduler = DDIMScheduler(**_strip_meta(configs["scheduler"]))
+    return {"tokenizer": tokenizer, "scheduler": scheduler, **networks}

@@ -1,0 +1,61 @@
+"""Shared fixtures: the tiny preset saved once per session through our CLI, and both pipelines loading it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+CLI = [str(Path(sys.executable).with_name("t2v-fast"))]
+
+
+def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    run_cli("model", "save", "tiny-random", str(folder), check=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pipeline(tiny_folder):
+    from t2v_fast import load_pipeline
+
+    return load_pipeline(str(tiny_folder), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_folder):
+    """diffusers' TextToVideoZeroPipeline, the oracle; never used by t2v-fast at run time."""
+    from diffusers import TextToVideoZeroPipeline
+
+    ref = TextToVideoZeroPipeline.from_pretrained(str(tiny_folder))
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
+def reference_frames(reference, seed: int, **kwargs) -> np.ndarray:
+    """Run the reference and quantise its float frames to uint8 exactly as we do."""
+    images = reference(generator=torch.Generator().manual_seed(seed), **kwargs).images
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+
+
+def max_pixel_diff(a: np.ndarray, b: np.ndarray) -> int:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+def assert_is_moving_video(frames: np.ndarray) -> None:
+    """Guard against comparisons that pass trivially: frames have content and differ from each other."""
+    assert frames.std() > 10, "frames are almost constant"
+    assert np.abs(np.diff(frames.astype(np.int16), axis=0)).mean() > 1, "frames do not change over time"

@@ -1,0 +1,95 @@
+"""The `t2v-fast` console script, run as a user would: files on disk, exit codes, stderr."""
+
+import json
+
+import pytest
+from conftest import run_cli
+from test_video_output import read_mp4
+
+
+def test_generate_writes_mp4_and_sidecar(tmp_path):
+    out = tmp_path / "cat.mp4"
+    result = run_cli(
+        "generate",
+        "a cat playing piano",
+        "--model",
+        "tiny-random",
+        "--out",
+        str(out),
+        "--frames",
+        "6",
+        "--steps",
+        "5",
+        "--seed",
+        "42",
+        "--fps",
+        "5",
+        "--motion-x",
+        "8",
+        "--negative-prompt",
+        "dark",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "denoising" in result.stderr  # the progress bar
+    _, frames = read_mp4(out)
+    assert frames.shape == (6, 64, 64, 3)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert (sidecar["seed"], sidecar["params"]["motion_x"], sidecar["params"]["fps"]) == (42, 8.0, 5.0)
+    assert sidecar["negative_prompt"] == "dark"
+
+
+def test_videos_per_prompt_writes_numbered_files(tmp_path):
+    out = tmp_path / "v.mp4"
+    result = run_cli(
+        "generate",
+        "a dog",
+        "--out",
+        str(out),
+        "--frames",
+        "2",
+        "--steps",
+        "3",
+        "--seed",
+        "1",
+        "--videos-per-prompt",
+        "2",
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and "denoising" not in result.stderr
+    seeds = [json.loads((tmp_path / f"v-{k}.json").read_text())["seed"] for k in range(2)]
+    assert seeds == [1, 2]
+    assert (tmp_path / "v-0.mp4").is_file() and (tmp_path / "v-1.mp4").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--height", "60"], "height must be a multiple of 8, got 60"),
+        (["--model", "./no-such-folder"], "'./no-such-folder' is not a preset"),
+        (["--steps", "10", "--t0", "9", "--t1", "5"], "0 <= t0 < t1 < steps"),
+        (["--chunk-size", "1"], "chunk_size must be >= 2"),
+        (["--guidance", "-1"], "guidance must be >= 0"),
+        (["--dtype", "float64"], "invalid choice: 'float64'"),
+        (["--frames", "abc"], "expected an integer, got 'abc'"),
+        (["--backend", "nope"], "unknown backend 'nope'"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tmp_path, args, message):
+    result = run_cli("generate", "a cat", "--out", str(tmp_path / "x.mp4"), *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_unwritable_output_is_refused(tmp_path):
+    result = run_cli("generate", "a cat", "--out", str(tmp_path / "missing" / "x.mp4"))
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_model_save_refuses_non_empty_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    result = run_cli("model", "save", "tiny-random", str(tmp_path))
+    assert result.returncode == 2 and "not empty" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
