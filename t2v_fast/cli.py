@@ -12,6 +12,7 @@ from . import __version__
 from .errors import NumericalError, UserError
 from .params import GenerationParams
 from .presets import PRESETS
+from .runtime import BACKENDS
 
 EXIT_USER_ERROR = 2
 EXIT_NUMERICAL_ERROR = 3
@@ -36,8 +37,16 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guidance", type=float, default=defaults.guidance, help="classifier-free guidance scale (default %(default)s)"
     )
-    parser.add_argument("--height", type=_positive_int, help="pixels, multiple of 8 (default: the model's native size)")
-    parser.add_argument("--width", type=_positive_int, help="pixels, multiple of 8 (default: the model's native size)")
+    parser.add_argument(
+        "--height",
+        type=_positive_int,
+        help="pixels, a multiple of the model's size step (64 for SD 1.5; default: native size)",
+    )
+    parser.add_argument(
+        "--width",
+        type=_positive_int,
+        help="pixels, a multiple of the model's size step (64 for SD 1.5; default: native size)",
+    )
     parser.add_argument(
         "--seed", type=int, help="seed of the first video; video k uses seed+k (default: random, recorded)"
     )
@@ -92,10 +101,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, type=Path, help="output .mp4 (several videos: NAME-0.mp4, NAME-1.mp4, ...)"
     )
     _add_model_options(generate)
-    generate.add_argument("--backend", default="torch", help="torch (default)")
+    generate.add_argument("--backend", default="torch", choices=BACKENDS, help="default: torch")
+    generate.add_argument("--engines", type=Path, help="engine directory (t2v-fast export) for onnxruntime/tensorrt")
+    generate.add_argument(
+        "--providers", help="comma-separated ONNX Runtime execution providers (default: best available)"
+    )
     _add_generation_options(generate)
     generate.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     generate.set_defaults(handler=_generate)
+
+    export = commands.add_parser("export", help="export text encoder, UNet and VAE decoder to ONNX")
+    export.add_argument("model", help=f"preset ({', '.join(PRESETS)}), diffusers folder or hub id")
+    export.add_argument("--out", type=Path, help="engine directory to create (default: engines/<model name>)")
+    export.add_argument(
+        "--frames", type=_positive_int, default=8, help="example frames per video (graph stays dynamic)"
+    )
+    export.add_argument("--height", type=_positive_int, help="example height in pixels (default: native size)")
+    export.add_argument("--width", type=_positive_int, help="example width in pixels (default: native size)")
+    export.add_argument("--videos", type=_positive_int, default=1, help="example videos per UNet batch")
+    export.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="exported precision (default fp32)")
+    export.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default %(default)s)")
+    export.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    export.set_defaults(handler=_export)
+
+    build = commands.add_parser("build", help="build TensorRT engines from an engine directory's ONNX files")
+    build.add_argument("engine_dir", type=Path)
+    build.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16", help="default %(default)s")
+    build.add_argument("--static", action="store_true", help="one shape (the export's): enables CUDA-graph replay")
+    for axis in ("videos", "frames", "height", "width"):
+        build.add_argument(f"--{axis}", help=f"{axis} range N or MIN:OPT:MAX (default: around the export's)")
+    build.add_argument("--timing-cache", type=Path, help="timing cache to reuse (default: ENGINE_DIR/timing.cache)")
+    build.set_defaults(handler=_build)
+
+    check = commands.add_parser("check", help="compare every available backend with PyTorch, per component")
+    check.add_argument("engine_dir", type=Path)
+    check.add_argument(
+        "--tolerance", action="append", default=[], metavar="COMPONENT=ATOL", help="override a component's tolerance"
+    )
+    check.set_defaults(handler=_check)
 
     model = commands.add_parser("model", help="model utilities")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -119,7 +162,9 @@ def _generate(args: argparse.Namespace) -> int:
     paths = _output_paths(args.out, args.videos_per_prompt)
     for path in paths:
         check_writable(path)
-    pipeline = load_pipeline(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+    source = str(args.engines) if args.engines else args.model
+    providers = args.providers.split(",") if args.providers else None
+    pipeline = load_pipeline(source, backend=args.backend, device=args.device, dtype=args.dtype, providers=providers)
     result = pipeline.generate(
         args.prompt,
         negative_prompt=args.negative_prompt,
@@ -146,6 +191,57 @@ def _generate(args: argparse.Namespace) -> int:
             seed = video.metadata["seed"]
             print(f"wrote {path} ({frames} frames, {width}x{height}, seed {seed}) and {path.with_suffix('.json')}")
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import ExportSettings, export_model
+
+    settings = ExportSettings(args.frames, args.height, args.width, args.videos, args.dtype, args.opset)
+    out = args.out or Path("engines") / Path(args.model.rstrip("/")).name
+    engine_dir = export_model(args.model, out, settings, progress=not args.quiet)
+    if not args.quiet:
+        for name, entry in engine_dir.manifest["components"].items():
+            size = entry["bytes"] / 2**20
+            print(f"{name}: {entry['file']} ({size:.1f} MiB, {entry['export_seconds']} s)")
+        print(f"wrote {out / 'engine.json'}")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .engine_dir import EngineDir
+    from .tensorrt_backend import AxisRange, BuildRanges, build_engines, import_tensorrt
+
+    import_tensorrt()
+    engine_dir = EngineDir.load(args.engine_dir)
+    export = engine_dir.manifest["export"]
+    native = engine_dir.model_info["native_size"]
+    exported = {"videos": export["videos"], "frames": export["frames"]}
+    exported |= {"height": export["height"] or native, "width": export["width"] or native}
+    dynamic_defaults = {
+        "videos": f"1:{exported['videos']}:{max(exported['videos'], 4)}",
+        "frames": f"2:{exported['frames']}:{max(exported['frames'], 24)}",
+    }
+    ranges = {}
+    for axis, value in exported.items():
+        text = getattr(args, axis) or (str(value) if args.static else dynamic_defaults.get(axis, str(value)))
+        ranges[axis] = AxisRange.parse(text, axis)
+    build_engines(engine_dir, BuildRanges(**ranges), args.precision, args.timing_cache)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check import check_engine_dir, format_report
+
+    tolerances = {}
+    for item in args.tolerance:
+        name, _, value = item.partition("=")
+        try:
+            tolerances[name] = float(value)
+        except ValueError:
+            raise UserError(f"--tolerance expects COMPONENT=NUMBER, got {item!r}") from None
+    results, skipped = check_engine_dir(str(args.engine_dir), tolerances)
+    print(format_report(results, skipped))
+    return 0 if all(r.passed for r in results) else 1
 
 
 def _model_save(args: argparse.Namespace) -> int:

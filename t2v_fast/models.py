@@ -40,6 +40,34 @@ class ModelComponents:
         return self.unet.config.sample_size * self.vae_scale_factor
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the pipeline needs to know about the networks behind a backend."""
+
+    model_id: str
+    weights_sha256: str
+    latent_channels: int
+    vae_scale_factor: int
+    native_size: int
+    text_max_length: int
+    text_dim: int
+    size_multiple: int
+
+    @classmethod
+    def from_components(cls, components: ModelComponents) -> ModelInfo:
+        return cls(
+            model_id=components.model_id,
+            weights_sha256=components.weights_sha256,
+            latent_channels=components.unet.config.in_channels,
+            vae_scale_factor=components.vae_scale_factor,
+            native_size=components.native_size,
+            text_max_length=components.tokenizer.model_max_length,
+            text_dim=components.text_encoder.config.hidden_size,
+            # Latents must survive the UNet's downsampling exactly; the exported graphs have no other path.
+            size_multiple=components.vae_scale_factor * 2 ** (len(components.unet.config.down_block_types) - 1),
+        )
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -132,7 +160,9 @@ def load_components(
     parts = build_random_components(model) if model in PRESETS else _load_pretrained(model)
     digest = weights_sha256(parts["text_encoder"], parts["unet"], parts["vae"])
     for name in ("text_encoder", "unet", "vae"):
-        parts[name].to(device=device, dtype=dtype).eval().requires_grad_(False)
+        module = parts[name].to(device).eval().requires_grad_(False)
+        # Cast floating-point tensors only; diffusers' `.to(dtype)` also logs a spurious note about fp32 modules.
+        {torch.float32: module.float, torch.float16: module.half, torch.bfloat16: module.bfloat16}[dtype]()
     return ModelComponents(model_id=model, weights_sha256=digest, **parts)
 
 

@@ -27,11 +27,12 @@ from tqdm.auto import tqdm
 from transformers import CLIPTokenizer
 
 from . import __version__
+from .engine_dir import EngineDir
 from .errors import NumericalError, UserError
 from .models import dtype_name, load_components
 from .motion import forward_diffuse, warp_latents
 from .params import GenerationParams
-from .runtime import BACKENDS, ModelBackend
+from .runtime import BACKENDS, ModelBackend, OnnxRuntimeBackend, TorchBackend
 from .schedule import StepPlan
 from .video import Video
 
@@ -138,7 +139,7 @@ class TextToVideoZeroPipeline:
             settings = GenerationParams(**params)
         except TypeError as error:
             raise UserError(str(error).replace("GenerationParams.__init__()", "generate()")) from None
-        settings = settings.resolve(self.scheduler, info.native_size, info.vae_scale_factor)
+        settings = settings.resolve(self.scheduler, info.native_size, info.size_multiple)
         requests = expand_requests(prompt, negative_prompt, seed, videos_per_prompt)
         timings = {"encode_text_s": 0.0, "denoise_s": 0.0, "decode_s": 0.0}
 
@@ -298,12 +299,39 @@ def _timed(timings: dict[str, float], key: str):
 
 
 def load_pipeline(
-    model: str, backend: str = "torch", device: str | None = None, dtype: str | None = None, decode_batch_size: int = 8
+    model: str,
+    backend: str = "torch",
+    device: str | None = None,
+    dtype: str | None = None,
+    decode_batch_size: int = 8,
+    providers: list[str] | None = None,
 ) -> TextToVideoZeroPipeline:
-    """Load a preset, a diffusers folder or a hub id and wrap it in a pipeline running on `backend`."""
+    """A pipeline on `backend` for a model (preset, diffusers folder, hub id) or an engine directory.
+
+    `torch` takes either (for an engine directory, the model it was exported from); `onnxruntime` and `tensorrt` run
+    the exported graphs or built engines of an engine directory. `providers` selects ONNX Runtime execution providers.
+    """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    components = load_components(model, device=device, dtype=dtype)
-    return TextToVideoZeroPipeline(
-        components.tokenizer, components.scheduler, BACKENDS[backend](components), decode_batch_size=decode_batch_size
-    )
+    if backend == "torch":
+        if EngineDir.is_engine_dir(model):
+            model = EngineDir.load(model, verify_hashes=False).source["model_id"]
+        components = load_components(model, device=device, dtype=dtype)
+        return TextToVideoZeroPipeline(
+            components.tokenizer, components.scheduler, TorchBackend(components), decode_batch_size=decode_batch_size
+        )
+    if not EngineDir.is_engine_dir(model):
+        raise UserError(
+            f"backend {backend!r} runs an engine directory, and {model!r} is not one (no engine.json);"
+            f" create one with: t2v-fast export MODEL --out DIR"
+        )
+    engine_dir = EngineDir.load(model)
+    if backend == "onnxruntime":
+        runner = OnnxRuntimeBackend(engine_dir, providers=providers)
+    else:
+        from .tensorrt_backend import TensorRTBackend
+
+        runner = TensorRTBackend(engine_dir, device=device)
+    tokenizer = CLIPTokenizer.from_pretrained(engine_dir.path / "tokenizer")
+    scheduler = DDIMScheduler.from_pretrained(engine_dir.path / "scheduler")
+    return TextToVideoZeroPipeline(tokenizer, scheduler, runner, decode_batch_size=decode_batch_size)

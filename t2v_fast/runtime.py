@@ -6,36 +6,14 @@ owns the three networks and runs them: encode text, predict noise, decode latent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from .attention_plugin import VideoUNet
-from .models import ModelComponents
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the pipeline needs to know about the networks behind a backend."""
-
-    model_id: str
-    weights_sha256: str
-    latent_channels: int
-    vae_scale_factor: int
-    native_size: int
-    text_max_length: int
-
-    @classmethod
-    def from_components(cls, components: ModelComponents) -> ModelInfo:
-        return cls(
-            model_id=components.model_id,
-            weights_sha256=components.weights_sha256,
-            latent_channels=components.unet.config.in_channels,
-            vae_scale_factor=components.vae_scale_factor,
-            native_size=components.native_size,
-            text_max_length=components.tokenizer.model_max_length,
-        )
+from .engine_dir import EngineDir
+from .errors import UserError
+from .models import ModelComponents, ModelInfo
 
 
 class ModelBackend(Protocol):
@@ -86,4 +64,62 @@ class TorchBackend:
         return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
 
 
-BACKENDS = {"torch": TorchBackend}
+ORT_PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def onnxruntime_providers(requested: list[str] | None = None) -> list[str]:
+    """Execution providers in order of preference among those this onnxruntime build has, or the requested ones."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise UserError(
+                f"onnxruntime providers not available here: {', '.join(missing)}; available: {', '.join(available)}"
+            )
+        return list(requested)
+    return [p for p in ORT_PROVIDER_PREFERENCE if p in available]
+
+
+class OnnxRuntimeBackend:
+    """Runs the exported ONNX graphs with ONNX Runtime; tensors cross as NumPy arrays on the host."""
+
+    name = "onnxruntime"
+
+    def __init__(self, engine_dir: EngineDir, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        self.info = engine_dir.info
+        self.providers = onnxruntime_providers(providers)
+        self.dtype = {"float32": torch.float32, "float16": torch.float16}[_input_dtype(engine_dir, "unet", "sample")]
+        self.device = torch.device("cpu")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.sessions = {
+            name: ort.InferenceSession(str(engine_dir.onnx_path(name)), options, providers=self.providers)
+            for name in ("text_encoder", "unet", "vae_decoder")
+        }
+
+    def _run(self, name: str, **inputs: torch.Tensor) -> torch.Tensor:
+        feeds = {key: value.detach().cpu().numpy() for key, value in inputs.items()}
+        return torch.from_numpy(self.sessions[name].run(None, feeds)[0])
+
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._run("text_encoder", input_ids=input_ids.long())
+
+    def predict_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, text_embeddings: torch.Tensor
+    ) -> torch.Tensor:
+        return self._run("unet", sample=sample, timestep=timestep.long(), encoder_hidden_states=text_embeddings)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._run("vae_decoder", latents=latents)
+
+
+def _input_dtype(engine_dir: EngineDir, component: str, name: str) -> str:
+    inputs = engine_dir.manifest["components"][component]["inputs"]
+    return next(entry["dtype"] for entry in inputs if entry["name"] == name)
+
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import UserError
 
 
@@ -72,14 +70,3 @@ def write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))
     writer.close()
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`, renamed onto `path` only if the block succeeds; never left behind."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

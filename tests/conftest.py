@@ -13,8 +13,8 @@ import torch
 CLI = [str(Path(sys.executable).with_name("t2v-fast"))]
 
 
-def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
-    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600)
+def run_cli(*args: str, check: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -59,3 +59,14 @@ def assert_is_moving_video(frames: np.ndarray) -> None:
     """Guard against comparisons that pass trivially: frames have content and differ from each other."""
     assert frames.std() > 10, "frames are almost constant"
     assert np.abs(np.diff(frames.astype(np.int16), axis=0)).mean() > 1, "frames do not change over time"
+
+
+@pytest.fixture(scope="session")
+def tiny_engines(tmp_path_factory) -> Path:
+    """`tiny-random` exported to ONNX once per session through the CLI (example shapes: 8 frames, 1 video, 64x64).
+
+    Exported without --out from a scratch working directory, so the default location `engines/<model>` is used.
+    """
+    workdir = tmp_path_factory.mktemp("workdir")
+    run_cli("export", "tiny-random", "--quiet", check=True, cwd=workdir)
+    return workdir / "engines" / "tiny-random"

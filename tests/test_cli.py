@@ -65,14 +65,15 @@ def test_videos_per_prompt_writes_numbered_files(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--height", "60"], "height must be a multiple of 8, got 60"),
+        (["--height", "56"], "height must be a multiple of 16, got 56"),
         (["--model", "./no-such-folder"], "'./no-such-folder' is not a preset"),
         (["--steps", "10", "--t0", "9", "--t1", "5"], "0 <= t0 < t1 < steps"),
         (["--chunk-size", "1"], "chunk_size must be >= 2"),
         (["--guidance", "-1"], "guidance must be >= 0"),
         (["--dtype", "float64"], "invalid choice: 'float64'"),
         (["--frames", "abc"], "expected an integer, got 'abc'"),
-        (["--backend", "nope"], "unknown backend 'nope'"),
+        (["--backend", "nope"], "invalid choice: 'nope'"),
+        (["--backend", "onnxruntime"], "is not one (no engine.json)"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(tmp_path, args, message):

@@ -1,0 +1,198 @@
+"""ONNX export of tiny-random, proven with real ONNX Runtime sessions against the PyTorch modules (fp32, 1e-4)."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import assert_is_moving_video, max_pixel_diff, run_cli
+
+from t2v_fast import load_pipeline
+from t2v_fast.attention_plugin import VideoUNet
+from t2v_fast.engine_dir import EngineDir
+from t2v_fast.errors import UserError
+from t2v_fast.export import TextEncoder, VaeDecoder
+from t2v_fast.models import load_components
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def torch_components():
+    return load_components("tiny-random", device="cpu", dtype="float32")
+
+
+def _session(engines, name):
+    return ort.InferenceSession(str(engines / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+
+
+def _assert_close(actual: np.ndarray, expected: torch.Tensor) -> None:
+    assert actual.shape == tuple(expected.shape)
+    assert np.abs(actual - expected.numpy()).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("videos", "frames", "height", "width"),
+    [(2, 8, 8, 8), (6, 5, 12, 16), (1, 1, 8, 8), (4, 17, 16, 8)],
+    ids=["export shapes", "more videos, other frames and size", "one frame", "17 frames, tall"],
+)
+def test_unet_matches_pytorch_at_any_shape(tiny_engines, torch_components, videos, frames, height, width):
+    torch.manual_seed(videos + frames)
+    sample = torch.randn(videos, frames, 4, height, width)
+    text = torch.randn(videos, 77, 32)
+    timestep = torch.tensor(641)
+    with torch.no_grad():
+        expected = VideoUNet(torch_components.unet)(sample, timestep, text)
+    feeds = {"sample": sample.numpy(), "timestep": timestep.numpy(), "encoder_hidden_states": text.numpy()}
+    _assert_close(_session(tiny_engines, "unet").run(None, feeds)[0], expected)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_text_encoder_matches_pytorch(tiny_engines, torch_components, batch):
+    ids = torch.randint(0, 514, (batch, 77), generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        expected = TextEncoder(torch_components.text_encoder)(ids)
+    _assert_close(_session(tiny_engines, "text_encoder").run(None, {"input_ids": ids.numpy()})[0], expected)
+
+
+@pytest.mark.parametrize(("images", "height", "width"), [(8, 8, 8), (3, 12, 16)])
+def test_vae_decoder_matches_pytorch(tiny_engines, torch_components, images, height, width):
+    latents = torch.randn(images, 4, height, width, generator=torch.Generator().manual_seed(images))
+    with torch.no_grad():
+        expected = VaeDecoder(torch_components.vae)(latents)
+    _assert_close(_session(tiny_engines, "vae_decoder").run(None, {"latents": latents.numpy()})[0], expected)
+
+
+def test_frames_are_a_graph_dimension_and_attention_is_plain_onnx(tiny_engines):
+    graph = onnx.load(str(tiny_engines / "unet.onnx")).graph
+    sample = next(i for i in graph.input if i.name == "sample")
+    dims = [d.dim_param or d.dim_value for d in sample.type.tensor_type.shape.dim]
+    assert dims == ["videos", "frames", 4, "latent_height", "latent_width"]
+    ops = [node.op_type for node in graph.node]
+    # 8 attention modules in the tiny UNet (self and text attention of 4 transformer blocks): MatMul-Softmax-MatMul.
+    assert ops.count("Softmax") == 8
+    assert "Attention" not in ops and not any(node.domain not in ("", "ai.onnx") for node in graph.node)
+
+
+def test_engine_json_describes_the_export(tiny_engines):
+    manifest = json.loads((tiny_engines / "engine.json").read_text())
+    assert manifest["source"]["model_id"] == "tiny-random"
+    assert len(manifest["source"]["weights_sha256"]) == 64
+    assert manifest["export"] == {"frames": 8, "height": None, "width": None, "videos": 1, "dtype": "fp32", "opset": 18}
+    assert {"torch", "onnx", "diffusers", "transformers", "t2v_fast"} <= set(manifest["tool_versions"])
+    unet = manifest["components"]["unet"]
+    assert [i["name"] for i in unet["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
+    assert unet["inputs"][0]["shape"] == ["videos", "frames", 4, "latent_height", "latent_width"]
+    assert unet["outputs"] == [
+        {"name": "noise", "dtype": "float32", "shape": ["videos", "frames", 4, "latent_height", "latent_width"]}
+    ]
+    assert unet["axis_ranges"] == {
+        "videos": [1, 1024],
+        "frames": [1, 4096],
+        "latent_height": [2, 1024],
+        "latent_width": [2, 1024],
+    }
+    assert unet["config"]["block_out_channels"] == [32, 64] and unet["external_data"] is None
+    recorded = {entry["file"] for entry in manifest["components"].values()}
+    assert recorded == {p.name for p in tiny_engines.glob("*.onnx*")}
+
+
+def test_onnxruntime_video_equals_torch_video(tiny_engines):
+    settings = dict(frames=8, height=64, width=64, steps=10, seed=5, negative_prompt="blurry", progress=False)
+    ours = load_pipeline(str(tiny_engines), backend="onnxruntime").generate("a cat on a skateboard", **settings)
+    reference = load_pipeline("tiny-random", backend="torch").generate("a cat on a skateboard", **settings)
+    assert ours.metadata["backend"] == "onnxruntime"
+    assert ours.metadata["model"] == reference.metadata["model"]
+    assert_is_moving_video(ours.frames)
+    assert max_pixel_diff(ours.frames, reference.frames) <= 2
+
+
+def _generate_with_onnxruntime(engines, out, *options):
+    return run_cli(
+        "generate", "a cat", "--backend", "onnxruntime", "--engines", str(engines), "--out", str(out), *options
+    )
+
+
+def test_cli_generates_with_onnxruntime(tiny_engines, tmp_path):
+    out = tmp_path / "ort.mp4"
+    result = _generate_with_onnxruntime(tiny_engines, out, "--frames", "3", "--steps", "4", "--seed", "0", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["backend"] == "onnxruntime"
+
+
+@pytest.fixture
+def engines_copy(tiny_engines, tmp_path):
+    copy = tmp_path / "engines"
+    shutil.copytree(tiny_engines, copy)
+    return copy
+
+
+def _edit_manifest(folder, edit):
+    manifest = json.loads((folder / "engine.json").read_text())
+    edit(manifest)
+    (folder / "engine.json").write_text(json.dumps(manifest))
+
+
+def test_tampered_hash_is_refused(engines_copy):
+    _edit_manifest(engines_copy, lambda m: m["components"]["unet"].update(sha256="0" * 64))
+    with pytest.raises(UserError, match=r"unet\.onnx does not match the sha256 recorded in .*export again"):
+        EngineDir.load(engines_copy)
+
+
+def test_modified_onnx_file_is_refused(engines_copy):
+    with (engines_copy / "vae_decoder.onnx").open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(UserError, match=r"vae_decoder\.onnx does not match"):
+        load_pipeline(str(engines_copy), backend="onnxruntime")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "engine.json").write_text("{not json"), r"engine\.json is corrupt"),
+        (lambda f: (f / "engine.json").unlink(), r"engine\.json not found"),
+        (lambda f: (f / "text_encoder.onnx").unlink(), r"text_encoder\.onnx is missing"),
+        (lambda f: _edit_manifest(f, lambda m: m.pop("source")), "missing field 'source'"),
+        (lambda f: _edit_manifest(f, lambda m: m["components"].pop("unet")), "missing field 'unet'"),
+        (lambda f: _edit_manifest(f, lambda m: m.update(format_version=99)), "format_version 99 is not supported"),
+    ],
+    ids=["corrupt json", "no engine.json", "missing onnx", "no source", "no unet entry", "future format"],
+)
+def test_damaged_engine_dir_gives_clear_error(engines_copy, damage, message):
+    damage(engines_copy)
+    with pytest.raises(UserError, match=message):
+        EngineDir.load(engines_copy)
+
+
+def test_cli_refuses_a_damaged_engine_dir_without_traceback(engines_copy, tmp_path):
+    (engines_copy / "engine.json").write_text("{not json")
+    result = _generate_with_onnxruntime(engines_copy, tmp_path / "x.mp4")
+    assert result.returncode == 2 and "is corrupt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_prints_errors_and_passes(tiny_engines):
+    result = run_cli("check", str(tiny_engines))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("onnxruntime")]
+    assert [row[1] for row in rows] == ["text_encoder", "unet", "vae_decoder"]
+    assert all(float(row[2]) <= TOLERANCE and row[-1] == "pass" for row in rows)
+    assert "tensorrt: not checked" in result.stdout or any(
+        line.startswith("tensorrt") for line in result.stdout.splitlines()
+    )
+
+
+def test_check_fails_when_a_tolerance_is_exceeded(tiny_engines):
+    result = run_cli("check", str(tiny_engines), "--tolerance", "unet=1e-12")
+    assert result.returncode == 1
+    unet = next(line for line in result.stdout.splitlines() if line.startswith("onnxruntime") and " unet " in line)
+    assert unet.endswith("FAIL")
+
+
+def test_export_refuses_to_overwrite_and_bad_sizes(tiny_engines, tmp_path):
+    result = run_cli("export", "tiny-random", "--out", str(tiny_engines))
+    assert result.returncode == 2 and "already holds an export" in result.stderr
+    result = run_cli("export", "tiny-random", "--out", str(tmp_path / "e"), "--height", "40")
+    assert result.returncode == 2 and "multiple of 16" in result.stderr
