@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -110,6 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     generate.set_defaults(handler=_generate)
 
+    batch = commands.add_parser("batch", help="render a CSV manifest with the Prefect flows, in this process")
+    batch.add_argument("manifest", type=Path, help="CSV with a 'prompt' column (see README: manifest format)")
+    batch.add_argument("--out", required=True, type=Path, help="output folder: <id>.mp4, <id>.json, results.csv")
+    _add_model_options(batch)
+    batch.add_argument("--backend", default="torch", choices=BACKENDS, help="default: torch")
+    batch.add_argument("--engines", type=Path, help="engine directory for onnxruntime/tensorrt")
+    batch.add_argument("--shard-size", type=_positive_int, default=16, help="rows per shard (default %(default)s)")
+    batch.add_argument("--strict", action="store_true", help="exit 1 when any row was rejected")
+    for name in ("frames", "steps", "height", "width"):
+        batch.add_argument(f"--{name}", type=_positive_int, help=f"default {name} for rows that do not set it")
+    batch.add_argument("--guidance", type=float, help="default guidance for rows that do not set it")
+    batch.add_argument("--fps", type=float, help="default fps for rows that do not set it")
+    batch.add_argument("--seed", type=int, default=0, help="row N without a seed uses SEED + N - 2 (default 0)")
+    batch.set_defaults(handler=_batch)
+
     export = commands.add_parser("export", help="export text encoder, UNet and VAE decoder to ONNX")
     export.add_argument("model", help=f"preset ({', '.join(PRESETS)}), diffusers folder or hub id")
     export.add_argument("--out", type=Path, help="engine directory to create (default: engines/<model name>)")
@@ -191,6 +207,35 @@ def _generate(args: argparse.Namespace) -> int:
             seed = video.metadata["seed"]
             print(f"wrote {path} ({frames} frames, {width}x{height}, seed {seed}) and {path.with_suffix('.json')}")
     return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from .manifest import read_records
+
+    read_records(args.manifest)  # a file-level problem is a one-line error before Prefect starts
+    # The temporary local server's telemetry write races its own start-up on SQLite ("database is locked").
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.nightly import nightly
+
+    names = ("frames", "steps", "height", "width", "guidance", "fps")
+    defaults = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    counts = nightly(
+        manifest=str(args.manifest),
+        out_dir=str(args.out),
+        model=args.model,
+        backend=args.backend,
+        engines=str(args.engines) if args.engines else None,
+        device=args.device,
+        dtype=args.dtype,
+        shard_size=args.shard_size,
+        defaults=defaults,
+        base_seed=args.seed,
+    )
+    print(f"\n{'status':<10} rows")
+    for status, count in counts.items():
+        print(f"{status:<10} {count}")
+    print(f"details: {args.out / 'results.csv'}, {args.out / 'rejected.csv'}")
+    return 1 if counts["failed"] or (args.strict and counts["rejected"]) else 0
 
 
 def _export(args: argparse.Namespace) -> int:

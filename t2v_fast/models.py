@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .errors import UserError
-from .presets import PRESETS, build_random_components
+from .presets import PRESETS, build_random_components, byte_level_tokenizer, preset_configs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -63,9 +63,53 @@ class ModelInfo:
             native_size=components.native_size,
             text_max_length=components.tokenizer.model_max_length,
             text_dim=components.text_encoder.config.hidden_size,
-            # Latents must survive the UNet's downsampling exactly; the exported graphs have no other path.
-            size_multiple=components.vae_scale_factor * 2 ** (len(components.unet.config.down_block_types) - 1),
+            size_multiple=size_multiple(components.unet.config, components.vae.config),
         )
+
+
+def size_multiple(unet_config: Any, vae_config: Any) -> int:
+    """Pixel step of valid heights/widths: latents must survive the UNet's downsampling exactly, since the exported
+    graphs have no other path."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1) * 2 ** (len(unet_config["down_block_types"]) - 1)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What validating a request needs, read from configs only (no weights): for planning a night's run."""
+
+    model_id: str
+    native_size: int
+    size_multiple: int
+    scheduler: DDIMScheduler
+    tokenizer: CLIPTokenizer
+
+
+def describe_model(model: str) -> ModelSpec:
+    """`ModelSpec` of a preset, a diffusers folder, a hub id or an engine directory, without loading weights."""
+    from .engine_dir import EngineDir
+
+    if EngineDir.is_engine_dir(model):
+        engine_dir = EngineDir.load(model, verify_hashes=False)
+        info = engine_dir.info
+        return ModelSpec(
+            info.model_id,
+            info.native_size,
+            info.size_multiple,
+            DDIMScheduler.from_pretrained(engine_dir.path / "scheduler"),
+            CLIPTokenizer.from_pretrained(engine_dir.path / "tokenizer"),
+        )
+    if model in PRESETS:
+        configs = preset_configs(model)
+        scheduler = DDIMScheduler(**{k: v for k, v in configs["scheduler"].items() if not k.startswith("_")})
+        tokenizer = byte_level_tokenizer(configs["text_encoder"]["max_position_embeddings"])
+    else:
+        folder = _resolve_folder(model)
+        configs = {name: json.loads((folder / name / "config.json").read_text()) for name in ("unet", "vae")}
+        scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    unet, vae = configs["unet"], configs["vae"]
+    native = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+    return ModelSpec(model, native, size_multiple(unet, vae), scheduler, tokenizer)
 
 
 def resolve_device(device: str | None) -> torch.device:

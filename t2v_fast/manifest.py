@@ -1,0 +1,208 @@
+"""CSV prompt manifests: parse, validate every row, and reject only the rows that are wrong.
+
+Format: UTF-8 (a BOM and CRLF line ends are fine), RFC 4180 quoting (fields may hold commas and newlines), a header
+row. `prompt` is required; `id` is optional; any of `OVERRIDES` may override the run's defaults per row. Row numbers
+count records as a spreadsheet does: the header is row 1, the first prompt row 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .params import GenerationParams
+from .schedule import resolve_t0_t1
+
+INT_FIELDS = ("seed", "frames", "steps", "height", "width", "t0", "t1", "videos_per_prompt")
+FLOAT_FIELDS = ("guidance", "fps", "motion_x", "motion_y")
+OVERRIDES = ("negative_prompt", *INT_FIELDS, *FLOAT_FIELDS)
+COLUMNS = ("id", "prompt", *OVERRIDES)
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+CLIP_TOKENS = 77
+
+
+@dataclass(frozen=True)
+class Problem:
+    row: int
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"row {self.row}, column {self.column}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """A valid row: its id, prompt, and the generation settings it asks for (defaults already applied)."""
+
+    row: int
+    id: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    videos_per_prompt: int
+    params: dict[str, Any]
+
+    def request(self) -> dict[str, Any]:
+        """What determines the output: if this is unchanged (and the model too), an existing output can be kept."""
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "seed": self.seed,
+            "videos_per_prompt": self.videos_per_prompt,
+            "params": self.params,
+        }
+
+
+@dataclass
+class Manifest:
+    rows: list[ManifestRow]
+    rejected: dict[int, list[Problem]]  # row number -> its problems
+    rejected_ids: dict[int, str] = field(default_factory=dict)  # row number -> its id, where it has one
+    warnings: list[Problem] = field(default_factory=list)
+    total_rows: int = 0
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [p for row in sorted(self.rejected) for p in self.rejected[row]]
+
+
+def stable_id(values: dict[str, str]) -> str:
+    """An id from the row's content, so that a re-run maps the same row to the same output file."""
+    canonical = json.dumps({k: v.strip() for k, v in sorted(values.items()) if v.strip()}, sort_keys=True)
+    return "row-" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _convert(column: str, text: str) -> int | float:
+    kind = int if column in INT_FIELDS else float
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+def read_records(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header (lower-cased names) and data records of a CSV file; a file-level problem is a UserError."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"manifest {path} not found") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"manifest {path} is not UTF-8 (byte {error.start}); save it as UTF-8 CSV") from None
+    reader = csv.reader(text.splitlines(keepends=True), strict=True)
+    try:
+        records = list(reader)
+    except csv.Error as error:
+        raise UserError(f"manifest {path} is not valid CSV at row {reader.line_num}: {error}") from None
+    records = [r for r in records if any(cell.strip() for cell in r)]
+    if not records:
+        raise UserError(f"manifest {path} is empty: it needs a header row with a 'prompt' column and prompt rows")
+    header = [name.strip().lower() for name in records[0]]
+    if "prompt" not in header:
+        raise UserError(f"manifest {path} has no 'prompt' column (header: {', '.join(header)})")
+    if len(records) == 1:
+        raise UserError(f"manifest {path} has a header but no prompt rows")
+    return header, records[1:]
+
+
+def parse_manifest(
+    path: str | Path,
+    defaults: GenerationParams,
+    scheduler: Any,
+    native_size: int,
+    size_multiple: int,
+    base_seed: int = 0,
+    count_tokens: Callable[[str], int] | None = None,
+) -> Manifest:
+    """Validate every row against the defaults; collect every problem with its row and column."""
+    path = Path(path)
+    header, records = read_records(path)
+    unknown = [name for name in header if name not in COLUMNS]
+    manifest = Manifest(rows=[], rejected={}, total_rows=len(records))
+    first_row_of: dict[str, int] = {}
+    for number, record in enumerate(records, start=2):
+        values = dict(zip(header, record, strict=False))
+        problems = [
+            Problem(number, name, f"unknown column (known: {', '.join(COLUMNS)})")
+            for name in unknown
+            if values.get(name, "").strip()
+        ]
+        if len(record) > len(header):
+            extra = ",".join(record[len(header) :])
+            problems.append(Problem(number, f"#{len(header) + 1}", f"more fields than the header has: {extra!r}"))
+        prompt = values.get("prompt", "").strip()
+        if not prompt:
+            problems.append(Problem(number, "prompt", "missing prompt"))
+        settings: dict[str, Any] = {}
+        for column in (*INT_FIELDS, *FLOAT_FIELDS):
+            text = values.get(column, "").strip()
+            if text:
+                try:
+                    settings[column] = _convert(column, text)
+                except ValueError as error:
+                    problems.append(Problem(number, column, str(error)))
+        row_id = values.get("id", "").strip() or stable_id({k: v for k, v in values.items() if k in COLUMNS})
+        if values.get("id", "").strip() and not ID_PATTERN.fullmatch(row_id):
+            problems.append(
+                Problem(number, "id", f"{row_id!r} is not a valid id (letters, digits, . _ -; 128 at most)")
+            )
+        elif row_id in first_row_of:
+            problems.append(Problem(number, "id", f"duplicate id {row_id!r} (first at row {first_row_of[row_id]})"))
+        problems += _check_ranges(number, settings, defaults, scheduler, native_size, size_multiple)
+        if problems:
+            manifest.rejected[number] = problems
+            manifest.rejected_ids[number] = values.get("id", "").strip()
+            continue
+        first_row_of[row_id] = number
+        if count_tokens and count_tokens(prompt) > CLIP_TOKENS:
+            manifest.warnings.append(Problem(number, "prompt", f"longer than {CLIP_TOKENS} CLIP tokens; truncated"))
+        seed = settings.pop("seed", base_seed + number - 2)
+        videos = settings.pop("videos_per_prompt", 1)
+        params = _resolved(defaults, settings, scheduler, native_size, size_multiple).as_dict()
+        negative = values.get("negative_prompt", "").strip()
+        manifest.rows.append(ManifestRow(number, row_id, prompt, negative, seed, videos, params))
+    return manifest
+
+
+def _resolved(
+    defaults: GenerationParams, settings: dict[str, Any], scheduler: Any, native: int, multiple: int
+) -> GenerationParams:
+    return replace(defaults, **settings).resolve(scheduler, native, multiple)
+
+
+def _check_ranges(
+    number: int, settings: dict[str, Any], defaults: GenerationParams, scheduler: Any, native: int, multiple: int
+) -> list[Problem]:
+    """Range problems, each attributed to its own column (the resolver stops at the first; we want all)."""
+    limits = {"frames": 1, "steps": 2, "videos_per_prompt": 1, "seed": 0, "t0": 0, "t1": 0, "guidance": 0}
+    problems = [
+        Problem(number, c, f"must be >= {low}, got {settings[c]}")
+        for c, low in limits.items()
+        if c in settings and settings[c] < low
+    ]
+    for column in ("height", "width"):
+        if column in settings and (settings[column] < multiple or settings[column] % multiple):
+            problems.append(
+                Problem(number, column, f"must be a positive multiple of {multiple}, got {settings[column]}")
+            )
+    if "fps" in settings and settings["fps"] <= 0:
+        problems.append(Problem(number, "fps", f"must be > 0, got {settings['fps']}"))
+    if not problems and ("t0" in settings or "t1" in settings or "steps" in settings):
+        steps = settings.get("steps", defaults.steps)
+        try:
+            resolve_t0_t1(scheduler, steps, settings.get("t0", defaults.t0), settings.get("t1", defaults.t1))
+        except UserError as error:
+            column = next((c for c in ("t0", "t1", "steps") if c in settings), "steps")
+            problems.append(Problem(number, column, str(error)))
+    return problems

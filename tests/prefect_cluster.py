@@ -1,0 +1,113 @@
+"""A real Prefect deployment on localhost for tests: server (SQLite, temporary home), work pool, workers.
+
+Everything listens on 127.0.0.1 only, and every process is stopped when the cluster is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class PrefectCluster:
+    def __init__(self, home: Path):
+        self.home = home
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.env = {
+            **os.environ,
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": self.api,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
+            "PREFECT_LOGGING_LEVEL": "INFO",
+        }
+        self.processes: list[subprocess.Popen] = []
+        self.logs = home / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("w")
+        process = subprocess.Popen(
+            args, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+        )
+        self.processes.append(process)
+        return process
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        result = subprocess.run(args, env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+        return result
+
+    def start_server(self, timeout: float = 120) -> None:
+        self._spawn(
+            "server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.api}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError(f"Prefect server did not start: {(self.logs / 'server.log').read_text()[-3000:]}")
+
+    def start_worker(self, name: str, queue: str, limit: int | None = None, pool: str = "gpu") -> subprocess.Popen:
+        args = [
+            str(BIN / "prefect"),
+            "worker",
+            "start",
+            "--pool",
+            pool,
+            "--type",
+            "process",
+            "--name",
+            name,
+            "--work-queue",
+            queue,
+        ]
+        return self._spawn(name, args + (["--limit", str(limit)] if limit else []))
+
+    def python(self, code: str, timeout: float = 600) -> str:
+        return self.run(str(BIN / "python"), "-c", code, timeout=timeout).stdout
+
+    def flow_runs(self, flow_name: str) -> list[dict]:
+        """Flow runs of one flow, as plain dicts, read through the API."""
+        code = f"""
+import json
+from prefect import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+with get_client(sync_client=True) as client:
+    runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[{flow_name!r}])))
+    print(json.dumps([{{"id": str(r.id), "name": r.name, "state": r.state_type.value, "labels": dict(r.labels),
+                       "parameters": r.parameters, "pid": r.infrastructure_pid}} for r in runs], default=str))
+"""
+        return json.loads(self.python(code).strip().splitlines()[-1])
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)

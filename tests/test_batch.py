@@ -1,0 +1,94 @@
+"""Rendering rows without Prefect: batching, failure isolation, retries, and what counts as already done."""
+
+import json
+
+import pytest
+
+import t2v_fast.video as video_module
+from t2v_fast.batch import batch_groups, is_done, render_rows
+from t2v_fast.manifest import ManifestRow
+from t2v_fast.models import describe_model
+from t2v_fast.params import GenerationParams
+
+PARAMS = GenerationParams(frames=2, steps=3).resolve(describe_model("tiny-random").scheduler, 64, 16).as_dict()
+
+
+def row(number: int, prompt: str, seed: int = 0, videos: int = 1, **params) -> ManifestRow:
+    return ManifestRow(number, f"r{number}", prompt, "", seed, videos, {**PARAMS, **params})
+
+
+def test_rows_with_equal_settings_share_a_batch():
+    rows = [row(2, "a"), row(3, "b", frames=3), row(4, "c"), row(5, "d", videos=2), row(6, "e")]
+    groups = batch_groups(rows, max_videos=2)
+    assert [[r.row for r in g] for g in groups] == [[2, 4], [6], [3], [5]]
+
+
+def test_a_failing_row_does_not_cost_the_others(pipeline, tmp_path, monkeypatch):
+    original = video_module.Video.save
+
+    def save(self, path, fps=None):
+        if "r3" in str(path):
+            raise ValueError("cannot encode this one")
+        return original(self, path, fps)
+
+    monkeypatch.setattr(video_module.Video, "save", save)
+    results = render_rows(
+        pipeline, [row(2, "a"), row(3, "b", seed=1), row(4, "c", seed=2)], tmp_path, backoff_seconds=0
+    )
+    status = {r.id: (r.status, r.attempts) for r in results}
+    assert status == {"r2": ("done", 1), "r3": ("failed", 1), "r4": ("done", 1)}  # deterministic: not retried
+    assert "cannot encode this one" in next(r.reason for r in results if r.id == "r3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r2.json", "r2.mp4", "r4.json", "r4.mp4"]
+
+
+def test_transient_errors_are_retried(pipeline, tmp_path, monkeypatch):
+    original, calls = video_module.Video.save, []
+
+    def flaky_save(self, path, fps=None):
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError("network file system hiccup")
+        return original(self, path, fps)
+
+    monkeypatch.setattr(video_module.Video, "save", flaky_save)
+    [result] = render_rows(pipeline, [row(2, "a")], tmp_path, retries=2, backoff_seconds=0)
+    assert (result.status, result.attempts) == ("done", 2)
+
+
+def test_nan_guard_failures_are_not_retried(tmp_path, tiny_folder):
+    import torch
+
+    from t2v_fast.models import load_components
+    from t2v_fast.pipeline import TextToVideoZeroPipeline
+    from t2v_fast.runtime import TorchBackend
+
+    components = load_components(str(tiny_folder))
+    with torch.no_grad():
+        components.unet.conv_out.bias.fill_(float("nan"))
+    broken = TextToVideoZeroPipeline(components.tokenizer, components.scheduler, TorchBackend(components))
+    [result] = render_rows(broken, [row(2, "a")], tmp_path, retries=3, backoff_seconds=0)
+    assert (result.status, result.attempts) == ("failed", 1) and "NumericalError" in result.reason
+
+
+def test_done_means_same_request_and_model(pipeline, tmp_path):
+    finished = row(2, "a", seed=4, videos=2)
+    [result] = render_rows(pipeline, [finished], tmp_path)
+    assert result.outputs == [str(tmp_path / "r2-0.mp4"), str(tmp_path / "r2-1.mp4")]
+    model_id = pipeline.backend.info.model_id
+    assert is_done(tmp_path, finished, model_id)
+    assert not is_done(tmp_path, row(2, "a", seed=5, videos=2), model_id)
+    assert not is_done(tmp_path, row(2, "b", seed=4, videos=2), model_id)
+    assert not is_done(tmp_path, row(2, "a", seed=4, videos=2, steps=4), model_id)
+    assert not is_done(tmp_path, finished, "another-model")
+    sidecar = tmp_path / "r2-1.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "seed": 99}))
+    assert not is_done(tmp_path, finished, model_id)
+    (tmp_path / "r2-0.mp4").unlink()
+    assert not is_done(tmp_path, finished, model_id)
+
+
+@pytest.mark.parametrize("videos", [1, 3])
+def test_output_names(pipeline, tmp_path, videos):
+    [result] = render_rows(pipeline, [row(7, "a", videos=videos)], tmp_path)
+    expected = ["r7.mp4"] if videos == 1 else [f"r7-{k}.mp4" for k in range(videos)]
+    assert [p.rsplit("/", 1)[1] for p in result.outputs] == expected

@@ -1,0 +1,104 @@
+"""The nightly flow in-process under Prefect's test harness (a real, temporary Prefect API with SQLite)."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from test_video_output import read_mp4
+
+REPO = Path(__file__).resolve().parent.parent
+
+MANIFEST = (
+    "id,prompt,negative_prompt,seed,frames\n"
+    'cat,"a cat playing piano, studio light",blurry,1,\n'
+    "dog,a dog surfing,,2,4\n"
+    "bad-frames,a bird,,3,zero\n"
+    ",a red car in the rain,,,\n"
+    "dog,a duplicate id,,,\n"
+    "nop,,,,\n"
+)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def read_csv(path):
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def outputs_and_times(folder):
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.suffix in (".mp4", ".json")}
+
+
+def test_nightly_renders_good_rows_and_reports_every_row(harness, tmp_path):
+    from flows.nightly import nightly
+
+    manifest = tmp_path / "prompts.csv"
+    manifest.write_text(MANIFEST)
+    out = tmp_path / "out"
+    counts = nightly(str(manifest), str(out), model="tiny-random", shard_size=2, defaults={"frames": 3, "steps": 4})
+    assert counts == {"done": 3, "skipped": 0, "failed": 0, "rejected": 3}
+
+    results = read_csv(out / "results.csv")
+    assert [(r["row"], r["status"]) for r in results] == [
+        ("2", "done"),
+        ("3", "done"),
+        ("4", "rejected"),
+        ("5", "done"),
+        ("6", "rejected"),
+        ("7", "rejected"),
+    ]
+    assert results[2]["reason"] == "row 4, column frames: 'zero' is not an integer"
+    assert "duplicate id 'dog' (first at row 3)" in results[4]["reason"]
+    assert read_csv(out / "rejected.csv") == [
+        {"row": "4", "column": "frames", "problem": "'zero' is not an integer"},
+        {"row": "6", "column": "id", "problem": "duplicate id 'dog' (first at row 3)"},
+        {"row": "7", "column": "prompt", "problem": "missing prompt"},
+    ]
+    car = results[3]["id"]
+    assert car.startswith("row-")
+    expected_frames = {"cat": 3, "dog": 4, car: 3}
+    for name, frames in expected_frames.items():
+        assert read_mp4(out / f"{name}.mp4")[1].shape[0] == frames
+        sidecar = json.loads((out / f"{name}.json").read_text())
+        assert sidecar["model"]["id"] == "tiny-random" and sidecar["params"]["steps"] == 4
+    assert json.loads((out / "cat.json").read_text())["negative_prompt"] == "blurry"
+    assert sorted(outputs_and_times(out)) == sorted(f"{n}.{e}" for n in expected_frames for e in ("mp4", "json"))
+
+    before = outputs_and_times(out)
+    again = nightly(str(manifest), str(out), model="tiny-random", shard_size=2, defaults={"frames": 3, "steps": 4})
+    assert again == {"done": 0, "skipped": 3, "failed": 0, "rejected": 3}
+    assert outputs_and_times(out) == before, "a re-run must not rewrite any output"
+    assert [r["status"] for r in read_csv(out / "results.csv")][:2] == ["skipped", "skipped"]
+
+    changed = nightly(str(manifest), str(out), model="tiny-random", shard_size=2, defaults={"frames": 3, "steps": 5})
+    assert changed["done"] == 3, "changed defaults are a different request: rendered again"
+
+
+def test_batch_command_on_the_example_manifest(tmp_path):
+    """README's command, as written, from a fresh output folder: exit 0 even though one example row is rejected."""
+    out = tmp_path / "videos"
+    result = run_cli(
+        "batch", "examples/prompts.csv", "--model", "tiny-random", "--out", str(out), "--steps", "6", cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rejected   1" in result.stdout
+    statuses = [r["status"] for r in read_csv(out / "results.csv")]
+    assert statuses.count("done") == 4 and statuses.count("rejected") == 1
+    strict = run_cli("batch", "examples/prompts.csv", "--out", str(out), "--steps", "6", "--strict", cwd=REPO)
+    assert strict.returncode == 1 and "skipped    4" in strict.stdout
+
+
+def test_batch_rejects_a_broken_file_in_one_line(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,text\n1,a cat\n")
+    result = run_cli("batch", str(manifest), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "no 'prompt' column" in result.stderr and "Traceback" not in result.stderr
