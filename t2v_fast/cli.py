@@ -13,6 +13,7 @@ from . import __version__
 from .errors import NumericalError, UserError
 from .params import GenerationParams
 from .presets import PRESETS
+from .quiet import quiet_libraries
 from .runtime import BACKENDS
 
 EXIT_USER_ERROR = 2
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--providers", help="comma-separated ONNX Runtime execution providers (default: best available)"
     )
     _add_generation_options(generate)
+    generate.add_argument("--compile", action="store_true", help="torch backend: compile the UNet (torch.compile)")
     generate.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     generate.set_defaults(handler=_generate)
 
@@ -125,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--fps", type=float, help="default fps for rows that do not set it")
     batch.add_argument("--seed", type=int, default=0, help="row N without a seed uses SEED + N - 2 (default 0)")
     batch.set_defaults(handler=_batch)
+
+    # Listed here for --help; its arguments go straight to the harness's own parser (see `main`).
+    commands.add_parser("bench", help="benchmark every backend against the reference (t2v-fast bench --help)")
 
     export = commands.add_parser("export", help="export text encoder, UNet and VAE decoder to ONNX")
     export.add_argument("model", help=f"preset ({', '.join(PRESETS)}), diffusers folder or hub id")
@@ -180,7 +185,14 @@ def _generate(args: argparse.Namespace) -> int:
         check_writable(path)
     source = str(args.engines) if args.engines else args.model
     providers = args.providers.split(",") if args.providers else None
-    pipeline = load_pipeline(source, backend=args.backend, device=args.device, dtype=args.dtype, providers=providers)
+    pipeline = load_pipeline(
+        source,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        providers=providers,
+        compile_unet=args.compile,
+    )
     result = pipeline.generate(
         args.prompt,
         negative_prompt=args.negative_prompt,
@@ -299,21 +311,15 @@ def _model_save(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_libraries() -> None:
-    """Keep library chatter (weight-loading bars, dtype notes) out of our output; our own warnings still show."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from benchmarks.harness import main as bench
+
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="t2v-fast: %(levelname)s: %(message)s")
-    _quiet_libraries()
+    quiet_libraries()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

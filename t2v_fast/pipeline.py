@@ -216,7 +216,7 @@ class TextToVideoZeroPipeline:
                 with _timed(timings, "decode_s"):
                     kept = latents[:, chunk.keep_from :]
                     stop = chunk.output_start + kept.shape[1]
-                    output[:, chunk.output_start : stop] = self._decode(kept)
+                    output[:, chunk.output_start : stop] = self.decode_video(kept)
         return output
 
     def _noise(self, generators: Sequence[torch.Generator], frames: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -244,7 +244,7 @@ class TextToVideoZeroPipeline:
             bar.update()
         return latents
 
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+    def decode_video(self, latents: torch.Tensor) -> np.ndarray:
         """Latents `(videos, F, C, h, w)` -> uint8 frames `(videos, F, H, W, 3)`, a few frames per VAE call."""
         flat = latents.flatten(0, 1)
         frames = []
@@ -305,11 +305,13 @@ def load_pipeline(
     dtype: str | None = None,
     decode_batch_size: int = 8,
     providers: list[str] | None = None,
+    compile_unet: bool = False,
 ) -> TextToVideoZeroPipeline:
     """A pipeline on `backend` for a model (preset, diffusers folder, hub id) or an engine directory.
 
     `torch` takes either (for an engine directory, the model it was exported from); `onnxruntime` and `tensorrt` run
-    the exported graphs or built engines of an engine directory. `providers` selects ONNX Runtime execution providers.
+    the exported graphs or built engines of an engine directory. `providers` selects ONNX Runtime execution providers;
+    `compile_unet` runs the torch backend's UNet through `torch.compile`.
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
@@ -318,7 +320,10 @@ def load_pipeline(
             model = EngineDir.load(model, verify_hashes=False).source["model_id"]
         components = load_components(model, device=device, dtype=dtype)
         return TextToVideoZeroPipeline(
-            components.tokenizer, components.scheduler, TorchBackend(components), decode_batch_size=decode_batch_size
+            components.tokenizer,
+            components.scheduler,
+            TorchBackend(components, compile_unet=compile_unet),
+            decode_batch_size=decode_batch_size,
         )
     if not EngineDir.is_engine_dir(model):
         raise UserError(

@@ -66,6 +66,34 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+# Big enough that a 2-core CPU spends its time in the networks (not in Python), small enough for minutes per run:
+# SD's shape (3 attention levels, 4-level VAE, CLIP text encoder) at 128×128 and a quarter of SD's widths.
+SMALL_CONFIGS: dict[str, dict[str, Any]] = {
+    "unet": {
+        "block_out_channels": [64, 128, 256],
+        "layers_per_block": 1,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "cross_attention_dim": 256,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+        "sample_size": 16,
+        "in_channels": 4,
+        "out_channels": 4,
+    },
+    "vae": {**TINY_CONFIGS["vae"], "block_out_channels": [32, 64, 64, 64], "sample_size": 128},
+    "text_encoder": {
+        **TINY_CONFIGS["text_encoder"],
+        "hidden_size": 256,
+        "intermediate_size": 1024,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 4,
+        "projection_dim": 256,
+    },
+    "scheduler": TINY_CONFIGS["scheduler"],
+}
+
+
 def _packaged_configs(family: str) -> dict[str, dict[str, Any]]:
     folder = resources.files("t2v_fast") / "configs" / family
     return {
@@ -75,6 +103,7 @@ def _packaged_configs(family: str) -> dict[str, dict[str, Any]]:
 
 PRESETS: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {
     "tiny-random": lambda: TINY_CONFIGS,
+    "small-random": lambda: SMALL_CONFIGS,
     "sd15-random": lambda: _packaged_configs("sd15"),
 }
 

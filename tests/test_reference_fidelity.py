@@ -6,6 +6,8 @@ Tolerance: 2/255 per pixel (the issue's bound); the observed difference is 0-1/2
 import pytest
 from conftest import assert_is_moving_video, max_pixel_diff, reference_frames
 
+from benchmarks.runners import reference_arguments
+
 TOLERANCE = 2
 
 CASES = {
@@ -22,19 +24,7 @@ def test_frames_match_reference(pipeline, reference, case):
     prompt, negative = "a panda playing guitar on times square", "blurry, low quality"
     ours = pipeline.generate(prompt, negative_prompt=negative, progress=False, **case)
     ref = reference_frames(
-        reference,
-        case["seed"],
-        prompt=prompt,
-        negative_prompt=negative,
-        video_length=case["frames"],
-        height=case["height"],
-        width=case["width"],
-        num_inference_steps=case["steps"],
-        guidance_scale=case["guidance"],
-        t0=case["t0"],
-        t1=case["t1"],
-        motion_field_strength_x=case.get("motion_x", 12.0),
-        motion_field_strength_y=case.get("motion_y", 12.0),
+        reference, case["seed"], prompt=prompt, negative_prompt=negative, **reference_arguments(case)
     )
     assert ours.frames.shape == (case["frames"], case["height"], case["width"], 3)
     assert_is_moving_video(ours.frames)

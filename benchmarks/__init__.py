@@ -1,0 +1,1 @@
+"""Benchmark harness: every backend against diffusers' reference pipeline, side by side in one process."""

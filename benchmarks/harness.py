@@ -1,0 +1,331 @@
+"""`t2v-fast bench` / `python -m benchmarks`: latency, memory and FLOPs of every backend against the reference.
+
+Everything is measured side by side in one process run, on the same inputs: per stage (text encoding, one UNet call,
+VAE decode of all frames, end to end per video), cold start separately from warm runs, medians and p90s, peak memory,
+counted FLOPs and achieved TFLOP/s against a matmul ceiling measured in the same run, speed-up against diffusers'
+reference, fidelity against the reference's frames, a memory sweep over frame counts and batched throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from t2v_fast.models import describe_model, dtype_name, load_components, resolve_device, resolve_dtype, save_components
+from t2v_fast.params import GenerationParams
+from t2v_fast.pipeline import load_pipeline
+from t2v_fast.quiet import quiet_libraries
+
+from .measure import PeakMemory, count_flops, describe_machine, make_rss_track_live_memory, matmul_ceiling, timed
+from .report import write_outputs
+from .runners import ReferenceRunner, Unavailable, Workload, onnxruntime_runner, tensorrt_runner, torch_runner
+
+BACKENDS = ("reference", "torch", "torch-compiled", "onnxruntime", "tensorrt")
+RESULTS_ROOT = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class BenchConfig:
+    preset: str = "small-random"
+    frames: int = 8
+    height: int | None = None
+    width: int | None = None
+    steps: int = 20
+    videos: int = 1
+    device: str | None = None
+    dtype: str | None = None
+    warmup: int = 1
+    repeats: int = 3
+    backends: tuple[str, ...] = BACKENDS
+    sweep_frames: tuple[int, ...] = (8, 16, 32, 64)
+    sweep_chunk_size: int = 8
+    throughput_videos: int = 4
+    quick: bool = False
+    out_root: Path = RESULTS_ROOT
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def quick_config(cls, **overrides: Any) -> BenchConfig:
+        """Seconds on a CPU: the tiny model, few steps and frames, no compilation. Checks the harness, not speed."""
+        settings = dict(
+            preset="tiny-random",
+            frames=4,
+            steps=3,
+            warmup=0,
+            repeats=2,
+            sweep_frames=(8, 16),
+            throughput_videos=2,
+            quick=True,
+            backends=("reference", "torch", "onnxruntime", "tensorrt"),
+        )
+        return cls(**{**settings, **overrides})
+
+
+def _stage_timings(runner, work: Workload, config: BenchConfig, device: torch.device) -> dict[str, Any]:
+    with torch.inference_mode():
+        return {
+            "text_encoding": timed(runner.encode, device, config.warmup, config.repeats),
+            "unet_call": timed(runner.unet, device, config.warmup + 1, max(config.repeats, 3)),
+            "vae_decode": timed(runner.decode, device, config.warmup, config.repeats),
+        }
+
+
+def _run_backend(runner, work: Workload, config: BenchConfig, device: torch.device) -> dict[str, Any]:
+    memory = PeakMemory(device)
+    started = time.perf_counter()
+    runner.load(work)
+    with memory.track():
+        first = time.perf_counter()
+        frames = runner.generate(work)
+        cold = {
+            **runner.cold,
+            "first_generate_s": time.perf_counter() - first,
+            "total_s": time.perf_counter() - started,
+        }
+        end_to_end = timed(lambda: runner.generate(work), device, max(config.warmup - 1, 0), config.repeats)
+    per_video = {
+        key: [v / work.videos for v in value] if isinstance(value, list) else value / work.videos
+        for key, value in end_to_end.items()
+    }
+    return {
+        "available": True,
+        "cold_start": cold,
+        "stages": {**_stage_timings(runner, work, config, device), "end_to_end_per_video": per_video},
+        "peak_memory_bytes": memory.peak_bytes,
+        "memory_before_bytes": memory.baseline_bytes,
+        "_frames": frames,
+    }
+
+
+def _flops(model: str, work: Workload, device: str, dtype: str) -> dict[str, int]:
+    pipeline = load_pipeline(model, device=device, dtype=dtype)
+    sample, timestep, text = work.unet_inputs()
+    with torch.inference_mode():
+        unet = count_flops(lambda: pipeline.backend.predict_noise(sample, timestep, text))
+    video = count_flops(lambda: pipeline.generate(work.prompts, seed=work.seeds, progress=False, **work.params))
+    return {"unet_call": unet, "per_video": video // work.videos}
+
+
+def _memory_sweep(model: str, work: Workload, config: BenchConfig, device: str, dtype: str) -> list[dict[str, Any]]:
+    """Peak memory of one video as frames grow, chunked beyond `sweep_chunk_size`: should stay flat."""
+    pipeline = load_pipeline(model, device=device, dtype=dtype)
+    params = {**work.params, "steps": 2, "t0": 0, "t1": 1}
+    rows = []
+    for frames in config.sweep_frames:
+        chunk = config.sweep_chunk_size if frames > config.sweep_chunk_size else None
+        memory = PeakMemory(pipeline.backend.device)
+        started = time.perf_counter()
+        with memory.track():
+            pipeline.generate("a sweep", seed=0, progress=False, **{**params, "frames": frames, "chunk_size": chunk})
+        rows.append(
+            {
+                "frames": frames,
+                "chunk_size": chunk,
+                "peak_memory_bytes": memory.peak_bytes,
+                "added_bytes": memory.peak_bytes - memory.baseline_bytes,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+    return rows
+
+
+def _throughput(model: str, work: Workload, config: BenchConfig, device: str, dtype: str) -> dict[str, Any]:
+    """Videos per hour on this device, one prompt per call versus all prompts in one batched call."""
+    pipeline = load_pipeline(model, device=device, dtype=dtype)
+    count = config.throughput_videos
+    prompts, seeds = [f"scene {k}" for k in range(count)], list(range(count))
+    torch_device = pipeline.backend.device
+    sequential = timed(
+        lambda: [
+            pipeline.generate(p, seed=s, progress=False, **work.params) for p, s in zip(prompts, seeds, strict=True)
+        ],
+        torch_device,
+        0,
+        1,
+    )["median_s"]
+    batched = timed(lambda: pipeline.generate(prompts, seed=seeds, progress=False, **work.params), torch_device, 0, 1)
+    return {
+        "videos": count,
+        "sequential_videos_per_hour": count * 3600 / sequential,
+        "batched_videos_per_hour": count * 3600 / batched["median_s"],
+    }
+
+
+def _dtype_fidelity(model: str, work: Workload, device: str, dtype: str, frames: np.ndarray | None) -> dict[str, Any]:
+    """How far the run's reduced precision moves the torch backend's frames from its float32 frames."""
+    if dtype == "float32" or frames is None:
+        return {"compared": False, "reason": "run in float32" if dtype == "float32" else "torch backend not run"}
+    pipeline = load_pipeline(model, device=device, dtype="float32")
+    videos = pipeline.generate(
+        work.prompts, negative_prompt=work.negative_prompt, seed=work.seeds, progress=False, **work.params
+    )
+    full = np.stack([v.frames for v in (videos if isinstance(videos, list) else [videos])])
+    diff = np.abs(frames.astype(np.int16) - full.astype(np.int16))
+    return {
+        "compared": True,
+        "dtype": dtype,
+        "max_pixel_diff_vs_float32": int(diff.max()),
+        "mean_pixel_diff_vs_float32": float(diff.mean()),
+    }
+
+
+def run_benchmark(config: BenchConfig) -> dict[str, Any]:
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    device_name, dtype_str = str(device), dtype_name(dtype)
+    make_rss_track_live_memory()
+    spec = describe_model(config.preset)
+    params = GenerationParams(frames=config.frames, steps=config.steps, height=config.height, width=config.width)
+    params = params.resolve(spec.scheduler, spec.native_size, spec.size_multiple).as_dict()
+    components = load_components(config.preset, device="cpu", dtype="float32")
+    info = describe_model(config.preset)
+    work = Workload(
+        prompts=[f"a panda playing guitar, take {k}" for k in range(config.videos)],
+        negative_prompt="blurry, low quality",
+        seeds=list(range(config.videos)),
+        params=params,
+        device=device,
+        dtype=dtype,
+        latent_shape=(
+            components.unet.config.in_channels,
+            params["height"] // components.vae_scale_factor,
+            params["width"] // components.vae_scale_factor,
+        ),
+        text_dim=components.text_encoder.config.hidden_size,
+        text_length=info.tokenizer.model_max_length,
+    )
+    folder = Path(tempfile.mkdtemp(prefix="t2v-bench-model-")) / config.preset
+    save_components(components, folder)  # the reference loads the same weights from a diffusers folder
+    del components
+
+    makers = {
+        "reference": lambda: ReferenceRunner(folder),
+        "torch": lambda: torch_runner(config.preset, device_name, dtype_str, compile_unet=False),
+        "torch-compiled": lambda: torch_runner(config.preset, device_name, dtype_str, compile_unet=True),
+        "onnxruntime": lambda: onnxruntime_runner(
+            config.preset,
+            device,
+            "fp16" if dtype == torch.float16 else "fp32",
+            config.frames,
+            params["height"],
+            params["width"],
+        ),
+        "tensorrt": lambda: tensorrt_runner(
+            config.preset, device, config.frames, params["height"], params["width"], config.videos
+        ),
+    }
+    results: dict[str, Any] = {}
+    for name in BACKENDS:
+        if name not in config.backends:
+            results[name] = {
+                "available": False,
+                "reason": "not selected for this run" + (" (--quick)" if config.quick else ""),
+            }
+            continue
+        try:
+            results[name] = _run_backend(makers[name](), work, config, device)
+        except Unavailable as reason:
+            results[name] = {"available": False, "reason": str(reason)}
+        print(f"{name}: {_one_line(results[name])}", flush=True)
+
+    ceiling = matmul_ceiling(device, dtype if device.type == "cuda" else torch.float32)
+    flops = _flops(config.preset, work, device_name, dtype_str)
+    torch_frames = results.get("torch", {}).get("_frames")
+    dtype_fidelity = _dtype_fidelity(config.preset, work, device_name, dtype_str, torch_frames)
+    _derive(results, flops, ceiling)
+    return {
+        "schema_version": 1,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": describe_machine(device),
+        "config": {
+            **{k: v for k, v in asdict(config).items() if k not in ("out_root",)},
+            "device": device_name,
+            "dtype": dtype_str,
+            "resolved_params": params,
+        },
+        "matmul_ceiling": ceiling,
+        "flops": flops,
+        "dtype_fidelity": dtype_fidelity,
+        "backends": results,
+        "memory_sweep": _memory_sweep(config.preset, work, config, device_name, dtype_str),
+        "throughput": _throughput(config.preset, work, config, device_name, dtype_str),
+    }
+
+
+def _derive(results: dict[str, Any], flops: dict[str, int], ceiling: dict[str, Any]) -> None:
+    """Speed-ups, achieved TFLOP/s and fidelity, from figures measured in this same run."""
+    reference = results.get("reference", {})
+    reference_frames = reference.get("_frames")
+    for result in results.values():
+        if not result.get("available"):
+            continue
+        stages = result["stages"]
+        unet_s, video_s = stages["unet_call"]["median_s"], stages["end_to_end_per_video"]["median_s"]
+        result["unet_tflops"] = flops["unet_call"] / unet_s / 1e12
+        result["unet_fraction_of_ceiling"] = result["unet_tflops"] / ceiling["tflops"]
+        result["video_tflops"] = flops["per_video"] / video_s / 1e12
+        if reference.get("available"):
+            result["speedup_vs_reference"] = reference["stages"]["end_to_end_per_video"]["median_s"] / video_s
+            result["unet_speedup_vs_reference"] = reference["stages"]["unet_call"]["median_s"] / unet_s
+            diff = np.abs(result["_frames"].astype(np.int16) - reference_frames.astype(np.int16))
+            result["max_pixel_diff_vs_reference"] = int(diff.max())
+            result["mean_pixel_diff_vs_reference"] = float(diff.mean())
+    for result in results.values():
+        result.pop("_frames", None)
+
+
+def _one_line(result: dict[str, Any]) -> str:
+    if not result.get("available"):
+        return f"not available: {result['reason']}"
+    stages = result["stages"]
+    video, unet = stages["end_to_end_per_video"]["median_s"], stages["unet_call"]["median_s"]
+    return f"{video:.3f} s/video, UNet call {unet * 1e3:.1f} ms"
+
+
+def device_slug(result: dict[str, Any]) -> str:
+    machine = result["machine"]
+    name = machine.get("gpu") or f"cpu-{machine.get('cpu_cores')}core"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="t2v-fast bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", help="tiny-random, small-random (default) or sd15-random")
+    parser.add_argument("--frames", type=int)
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--videos", type=int, help="videos per batch")
+    parser.add_argument("--device")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--backends", help=f"comma-separated subset of {','.join(BACKENDS)}")
+    parser.add_argument("--sweep-frames", help="frame counts of the memory sweep, e.g. 8,16,32,64")
+    parser.add_argument("--quick", action="store_true", help="seconds on a CPU, for CI: checks the harness, not speed")
+    parser.add_argument("--out", type=Path, help=f"results root (default {RESULTS_ROOT})")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {
+        k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "backends", "sweep_frames", "out")
+    }
+    if args.backends:
+        overrides["backends"] = tuple(args.backends.split(","))
+    if args.sweep_frames:
+        overrides["sweep_frames"] = tuple(int(v) for v in args.sweep_frames.split(","))
+    if args.out:
+        overrides["out_root"] = args.out
+    config = BenchConfig.quick_config(**overrides) if args.quick else BenchConfig(**overrides)
+    quiet_libraries()
+    result = run_benchmark(config)
+    folder = config.out_root / f"{device_slug(result)}-{result['date'][:10]}"
+    write_outputs(result, folder)
+    print(f"wrote {folder}/results.json, results.md, chart.png")
+    return 0

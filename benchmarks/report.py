@@ -1,0 +1,114 @@
+"""Writing a benchmark result: results.json (everything), results.md (tables), chart.png (end-to-end per video)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from t2v_fast.atomic import atomic_path
+
+
+def _ms(stage: dict[str, Any]) -> str:
+    return f"{stage['median_s'] * 1e3:.1f} / {stage['p90_s'] * 1e3:.1f}"
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:.0f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    machine, config = result["machine"], result["config"]
+    params, ceiling, flops = config["resolved_params"], result["matmul_ceiling"], result["flops"]
+    chip = machine.get("gpu") or machine.get("cpu")
+    lines = [
+        f"# Benchmark: {config['preset']}, {params['frames']} frames {params['width']}×{params['height']}, "
+        f"{params['steps']} steps, {config['videos']} video(s) per batch, {config['dtype']} on {config['device']}",
+        "",
+        f"{result['date']}; {chip}, {machine['cpu_cores']} cores, torch {machine['torch']}.",
+        f"Matmul ceiling ({ceiling['dtype']}, n={ceiling['n']}): {ceiling['tflops']:.3f} TFLOP/s.",
+        f"FLOPs (counted): {flops['unet_call'] / 1e9:.1f} G per UNet call, {flops['per_video'] / 1e9:.1f} G per video.",
+        "",
+        "Times: median / p90 in ms over warm runs; end to end is per video; speed-up is the reference's end to end"
+        " over the backend's, both measured in this run.",
+        "",
+        "| backend | end to end | speed-up | UNet call | text | VAE decode | UNet TFLOP/s (of ceiling)"
+        " | peak memory MiB | max px diff vs ref | cold start s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in result["backends"].items():
+        if not r.get("available"):
+            lines.append(f"| {name} | not available: {r['reason']} | | | | | | | | |")
+            continue
+        s = r["stages"]
+        speedup = f"{r['speedup_vs_reference']:.2f}×" if "speedup_vs_reference" in r else "-"
+        cold = ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in r["cold_start"].items())
+        lines.append(
+            f"| {name} | {_ms(s['end_to_end_per_video'])} | {speedup} | {_ms(s['unet_call'])}"
+            f" | {_ms(s['text_encoding'])} | {_ms(s['vae_decode'])}"
+            f" | {r['unet_tflops']:.3f} ({100 * r['unet_fraction_of_ceiling']:.0f} %)"
+            f" | {_mib(r['peak_memory_bytes'])} | {r.get('max_pixel_diff_vs_reference', '-')} | {cold} |"
+        )
+    lines += [
+        "",
+        "Memory sweep (one video, torch backend, 2 steps; chunked beyond the chunk size):",
+        "",
+        "| frames | chunk size | peak memory MiB | added during the run MiB | seconds |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {m['frames']} | {m['chunk_size'] or '-'} | {_mib(m['peak_memory_bytes'])} | {_mib(m['added_bytes'])}"
+        f" | {m['seconds']:.1f} |"
+        for m in result["memory_sweep"]
+    ]
+    fidelity = result["dtype_fidelity"]
+    if fidelity["compared"]:
+        lines += [
+            "",
+            f"{fidelity['dtype']} against float32 (torch backend, same seeds): max pixel difference"
+            f" {fidelity['max_pixel_diff_vs_float32']}, mean {fidelity['mean_pixel_diff_vs_float32']:.2f} (of 255).",
+        ]
+    t = result["throughput"]
+    lines += [
+        "",
+        f"Throughput (torch backend, {t['videos']} videos): {t['sequential_videos_per_hour']:.0f} videos/hour one"
+        f" prompt per call, {t['batched_videos_per_hour']:.0f} videos/hour batched in one call.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def chart(result: dict[str, Any]) -> Image.Image:
+    """Horizontal bars: end-to-end seconds per video of each available backend."""
+    bars = [
+        (name, r["stages"]["end_to_end_per_video"]["median_s"])
+        for name, r in result["backends"].items()
+        if r.get("available")
+    ]
+    width, row, left = 720, 36, 150
+    image = Image.new("RGB", (width, 60 + row * max(len(bars), 1)), "white")
+    draw = ImageDraw.Draw(image)
+    config = result["config"]
+    draw.text((10, 10), f"end to end per video, median (s): {config['preset']} on {config['device']}", fill="black")
+    longest = max((s for _, s in bars), default=1.0)
+    for i, (name, seconds) in enumerate(bars):
+        top = 40 + i * row
+        draw.text((10, top + 8), name, fill="black")
+        length = int((width - left - 90) * seconds / longest)
+        draw.rectangle(
+            [left, top + 4, left + length, top + row - 8], fill="#4a78c2" if name != "reference" else "#999999"
+        )
+        draw.text((left + length + 6, top + 8), f"{seconds:.2f}", fill="black")
+    return image
+
+
+def write_outputs(result: dict[str, Any], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "results.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    with atomic_path(folder / "results.md") as tmp:
+        tmp.write_text(markdown(result))
+    with atomic_path(folder / "chart.png") as tmp:
+        chart(result).save(tmp, format="PNG")

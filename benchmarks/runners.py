@@ -1,0 +1,224 @@
+"""One runner per contender, all driven through the same stages on the same inputs.
+
+`ReferenceRunner` is diffusers' TextToVideoZeroPipeline (eager), the baseline users compare with; it cannot batch
+videos (its cross-frame attention hard-codes one video), so its per-video time is that of one video per call.
+`PipelineRunner` is our pipeline on one backend.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from t2v_fast.pipeline import TextToVideoZeroPipeline, VideoRequest, load_pipeline
+
+
+class Unavailable(Exception):
+    """This contender cannot run here; the message says why."""
+
+
+@dataclass
+class Workload:
+    """What every contender renders: `videos` videos of one prompt each, with fixed seeds."""
+
+    prompts: list[str]
+    negative_prompt: str
+    seeds: list[int]
+    params: dict[str, Any]  # resolved GenerationParams
+    device: torch.device
+    dtype: torch.dtype
+    latent_shape: tuple[int, int, int]
+    text_dim: int
+    text_length: int
+    generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+
+    @property
+    def videos(self) -> int:
+        return len(self.prompts)
+
+    def unet_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Random (never all-zero) UNet inputs of the full-video shape: guidance doubles the videos."""
+        sample = torch.randn((2 * self.videos, self.params["frames"], *self.latent_shape), generator=self.generator)
+        text = torch.randn((2 * self.videos, self.text_length, self.text_dim), generator=self.generator)
+        return sample.to(self.device, self.dtype), torch.tensor(801), text.to(self.device, self.dtype)
+
+    def latents(self) -> torch.Tensor:
+        latents = torch.randn((self.videos, self.params["frames"], *self.latent_shape), generator=self.generator)
+        return latents.to(self.device, self.dtype)
+
+
+class PipelineRunner:
+    """t2v-fast on one backend; `prepare` returns the pipeline and the cold-start timings it cost."""
+
+    def __init__(self, name: str, prepare: Callable[[], tuple[TextToVideoZeroPipeline, dict[str, float]]]):
+        self.name = name
+        self._prepare = prepare
+        self.pipeline: TextToVideoZeroPipeline | None = None
+        self.cold: dict[str, float] = {}
+
+    def load(self, work: Workload) -> None:
+        self.pipeline, self.cold = self._prepare()
+        self.requests = [
+            VideoRequest(p, work.negative_prompt, s) for p, s in zip(work.prompts, work.seeds, strict=True)
+        ]
+        self.unet_args = work.unet_inputs()
+        self.latents = work.latents()
+
+    def encode(self) -> Any:
+        return self.pipeline.encode_prompts(self.requests, True)
+
+    def unet(self) -> Any:
+        sample, timestep, text = self.unet_args
+        return self.pipeline.backend.predict_noise(sample, timestep, text)
+
+    def decode(self) -> Any:
+        return self.pipeline.decode_video(self.latents)
+
+    def generate(self, work: Workload) -> np.ndarray:
+        videos = self.pipeline.generate(
+            work.prompts, negative_prompt=work.negative_prompt, seed=work.seeds, progress=False, **work.params
+        )
+        videos = videos if isinstance(videos, list) else [videos]
+        return np.stack([v.frames for v in videos])
+
+
+class ReferenceRunner:
+    name = "reference"
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.cold: dict[str, float] = {}
+
+    def load(self, work: Workload) -> None:
+        from diffusers import TextToVideoZeroPipeline as Reference
+        from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+            CrossFrameAttnProcessor2_0,
+        )
+
+        started = time.perf_counter()
+        self.pipe = Reference.from_pretrained(str(self.folder), dtype=work.dtype).to(work.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.cold = {"load_s": time.perf_counter() - started}
+        self.work = work
+        self.processor = CrossFrameAttnProcessor2_0(batch_size=2 * work.videos)
+        sample, self.timestep, text = work.unet_inputs()
+        frames = sample.shape[1]
+        self.sample, self.text = sample.flatten(0, 1), text.repeat_interleave(frames, 0)
+        self.latents = work.latents().flatten(0, 1)
+
+    def encode(self) -> Any:
+        return self.pipe.encode_prompt(
+            self.work.prompts, self.work.device, 1, True, [self.work.negative_prompt] * self.work.videos
+        )
+
+    @torch.no_grad()
+    def unet(self) -> Any:
+        self.pipe.unet.set_attn_processor(self.processor)
+        return self.pipe.unet(self.sample, self.timestep, encoder_hidden_states=self.text).sample
+
+    @torch.no_grad()
+    def decode(self) -> Any:
+        return self.pipe.decode_latents(self.latents)
+
+    def generate(self, work: Workload) -> np.ndarray:
+        videos = []
+        for prompt, seed in zip(work.prompts, work.seeds, strict=True):
+            images = self.pipe(
+                prompt=prompt,
+                negative_prompt=work.negative_prompt,
+                generator=torch.Generator().manual_seed(seed),
+                **reference_arguments(work.params),
+            ).images
+            videos.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
+        return np.stack(videos)
+
+
+REFERENCE_NAMES = {
+    "frames": "video_length",
+    "height": "height",
+    "width": "width",
+    "steps": "num_inference_steps",
+    "guidance": "guidance_scale",
+    "t0": "t0",
+    "t1": "t1",
+    "motion_x": "motion_field_strength_x",
+    "motion_y": "motion_field_strength_y",
+}
+
+
+def reference_arguments(params: dict[str, Any]) -> dict[str, Any]:
+    """Our generation parameters under the names diffusers' TextToVideoZeroPipeline takes."""
+    return {theirs: params[ours] for ours, theirs in REFERENCE_NAMES.items() if ours in params}
+
+
+def torch_runner(model: str, device: str, dtype: str, compile_unet: bool) -> PipelineRunner:
+    def prepare():
+        started = time.perf_counter()
+        pipeline = load_pipeline(model, device=device, dtype=dtype, compile_unet=compile_unet)
+        return pipeline, {"load_s": time.perf_counter() - started}
+
+    return PipelineRunner("torch-compiled" if compile_unet else "torch", prepare)
+
+
+def onnxruntime_runner(
+    model: str, device: torch.device, export_dtype: str, frames: int, height: int, width: int
+) -> PipelineRunner:
+    import onnxruntime
+
+    from t2v_fast.runtime import onnxruntime_providers
+
+    providers = onnxruntime_providers()
+    if device.type == "cuda" and providers == ["CPUExecutionProvider"]:
+        raise Unavailable(
+            f"onnxruntime {onnxruntime.__version__} here has only the CPU provider; install onnxruntime-gpu"
+        )
+
+    def prepare():
+        from t2v_fast.export import ExportSettings, export_model
+
+        folder = Path(tempfile.mkdtemp(prefix="t2v-bench-onnx-"))
+        started = time.perf_counter()
+        export_model(model, folder / "engines", ExportSettings(frames, height, width, 1, export_dtype), progress=False)
+        exported = time.perf_counter()
+        pipeline = load_pipeline(str(folder / "engines"), backend="onnxruntime")
+        return pipeline, {"export_s": exported - started, "load_s": time.perf_counter() - exported}
+
+    return PipelineRunner("onnxruntime", prepare)
+
+
+def tensorrt_runner(
+    model: str, device: torch.device, frames: int, height: int, width: int, videos: int
+) -> PipelineRunner:
+    if importlib.util.find_spec("tensorrt") is None:
+        raise Unavailable("TensorRT is not installed (pip install 't2v-fast[tensorrt]')")
+    if device.type != "cuda":
+        raise Unavailable("TensorRT needs a CUDA device")
+
+    def prepare():
+        from t2v_fast.engine_dir import EngineDir
+        from t2v_fast.export import ExportSettings, export_model
+        from t2v_fast.tensorrt_backend import AxisRange, BuildRanges, build_engines
+
+        folder = Path(tempfile.mkdtemp(prefix="t2v-bench-trt-")) / "engines"
+        started = time.perf_counter()
+        export_model(model, folder, ExportSettings(frames, height, width, videos, "fp16"), progress=False)
+        exported = time.perf_counter()
+        fixed = [AxisRange(v, v, v) for v in (videos, frames, height, width)]
+        build_engines(EngineDir.load(folder), BuildRanges(*fixed), "fp16", progress=False)
+        built = time.perf_counter()
+        pipeline = load_pipeline(str(folder), backend="tensorrt")
+        return pipeline, {
+            "export_s": exported - started,
+            "build_s": built - exported,
+            "load_s": time.perf_counter() - built,
+        }
+
+    return PipelineRunner("tensorrt", prepare)

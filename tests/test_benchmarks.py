@@ -1,0 +1,79 @@
+"""The benchmark harness in --quick mode, through `t2v-fast bench`: every field of its JSON, its table and chart."""
+
+import json
+
+import pytest
+from conftest import run_cli
+from PIL import Image
+
+STAGES = ("text_encoding", "unet_call", "vae_decode", "end_to_end_per_video")
+BACKENDS = ("reference", "torch", "torch-compiled", "onnxruntime", "tensorrt")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = run_cli("bench", "--quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    [folder] = out.iterdir()
+    return folder, json.loads((folder / "results.json").read_text())
+
+
+def test_machine_config_ceiling_and_flops(bench):
+    folder, result = bench
+    assert folder.name.startswith("cpu-") and folder.name.endswith(result["date"][:10])
+    assert result["schema_version"] == 1
+    assert {"platform", "python", "torch", "cpu_cores", "cpu", "memory_gib"} <= set(result["machine"])
+    config = result["config"]
+    assert (config["preset"], config["device"], config["dtype"], config["quick"]) == (
+        "tiny-random",
+        "cpu",
+        "float32",
+        True,
+    )
+    assert {"frames", "steps", "height", "width", "t0", "t1"} <= set(config["resolved_params"])
+    assert result["matmul_ceiling"]["tflops"] > 0 and result["matmul_ceiling"]["n"] == 2048
+    assert 0 < result["flops"]["unet_call"] < result["flops"]["per_video"]
+    assert result["dtype_fidelity"] == {"compared": False, "reason": "run in float32"}
+
+
+def test_every_backend_is_reported(bench):
+    _, result = bench
+    backends = result["backends"]
+    assert tuple(backends) == BACKENDS
+    for name in ("reference", "torch", "onnxruntime"):
+        entry = backends[name]
+        assert entry["available"] is True, entry
+        for stage in STAGES:
+            timing = entry["stages"][stage]
+            assert 0 < timing["median_s"] <= timing["p90_s"] and len(timing["runs_s"]) >= 2
+        assert entry["cold_start"]["load_s"] > 0 and entry["cold_start"]["first_generate_s"] > 0
+        assert entry["peak_memory_bytes"] > 0
+        assert entry["unet_tflops"] > 0 and entry["video_tflops"] > 0 and entry["unet_fraction_of_ceiling"] > 0
+        assert entry["speedup_vs_reference"] > 0 and entry["unet_speedup_vs_reference"] > 0
+        assert entry["max_pixel_diff_vs_reference"] <= 2, "every backend renders the reference's frames"
+    assert backends["reference"]["speedup_vs_reference"] == 1.0
+    assert backends["onnxruntime"]["cold_start"]["export_s"] > 0
+    for name in ("torch-compiled", "tensorrt"):
+        assert backends[name]["available"] is False and backends[name]["reason"]
+    assert "TensorRT is not installed" in backends["tensorrt"]["reason"]
+
+
+def test_memory_sweep_and_throughput(bench):
+    _, result = bench
+    sweep = result["memory_sweep"]
+    assert [(row["frames"], row["chunk_size"]) for row in sweep] == [(8, None), (16, 8)]
+    assert all(row["peak_memory_bytes"] > 0 and row["seconds"] > 0 for row in sweep)
+    throughput = result["throughput"]
+    assert throughput["videos"] == 2
+    assert throughput["sequential_videos_per_hour"] > 0 and throughput["batched_videos_per_hour"] > 0
+
+
+def test_markdown_and_chart(bench):
+    folder, _ = bench
+    table = (folder / "results.md").read_text()
+    for name in BACKENDS:
+        assert f"| {name} |" in table
+    assert "Memory sweep" in table and "Throughput" in table
+    with Image.open(folder / "chart.png") as chart:
+        assert chart.format == "PNG" and chart.width == 720
