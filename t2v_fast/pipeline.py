@@ -156,7 +156,8 @@ class TextToVideoZeroPipeline:
 
     def encode_prompts(self, requests: Sequence[VideoRequest], guidance: bool) -> torch.Tensor:
         """Per-video text embeddings; with guidance, `[negatives..., prompts...]` as the UNet batch expects."""
-        texts = [r.negative_prompt for r in requests] * guidance + [r.prompt for r in requests]
+        negatives = [r.negative_prompt for r in requests] if guidance else []
+        texts = negatives + [r.prompt for r in requests]
         unique = list(dict.fromkeys(texts))
         tokens = self.tokenizer(
             unique,
