@@ -22,7 +22,7 @@ import torch
 
 from t2v_fast.models import describe_model, dtype_name, load_components, resolve_device, resolve_dtype, save_components
 from t2v_fast.params import GenerationParams
-from t2v_fast.pipeline import load_pipeline
+from t2v_fast.pipeline import TextToVideoZeroPipeline, load_pipeline
 from t2v_fast.quiet import quiet_libraries
 
 from .measure import PeakMemory, count_flops, describe_machine, make_rss_track_live_memory, matmul_ceiling, timed
@@ -106,8 +106,7 @@ def _run_backend(runner, work: Workload, config: BenchConfig, device: torch.devi
     }
 
 
-def _flops(model: str, work: Workload, device: str, dtype: str) -> dict[str, int]:
-    pipeline = load_pipeline(model, device=device, dtype=dtype)
+def _flops(pipeline: TextToVideoZeroPipeline, work: Workload) -> dict[str, int]:
     sample, timestep, text = work.unet_inputs()
     with torch.inference_mode():
         unet = count_flops(lambda: pipeline.backend.predict_noise(sample, timestep, text))
@@ -115,9 +114,8 @@ def _flops(model: str, work: Workload, device: str, dtype: str) -> dict[str, int
     return {"unet_call": unet, "per_video": video // work.videos}
 
 
-def _memory_sweep(model: str, work: Workload, config: BenchConfig, device: str, dtype: str) -> list[dict[str, Any]]:
+def _memory_sweep(pipeline: TextToVideoZeroPipeline, work: Workload, config: BenchConfig) -> list[dict[str, Any]]:
     """Peak memory of one video as frames grow, chunked beyond `sweep_chunk_size`: should stay flat."""
-    pipeline = load_pipeline(model, device=device, dtype=dtype)
     params = {**work.params, "steps": 2, "t0": 0, "t1": 1}
     rows = []
     for frames in config.sweep_frames:
@@ -138,9 +136,8 @@ def _memory_sweep(model: str, work: Workload, config: BenchConfig, device: str, 
     return rows
 
 
-def _throughput(model: str, work: Workload, config: BenchConfig, device: str, dtype: str) -> dict[str, Any]:
+def _throughput(pipeline: TextToVideoZeroPipeline, work: Workload, config: BenchConfig) -> dict[str, Any]:
     """Videos per hour on this device, one prompt per call versus all prompts in one batched call."""
-    pipeline = load_pipeline(model, device=device, dtype=dtype)
     count = config.throughput_videos
     prompts, seeds = [f"scene {k}" for k in range(count)], list(range(count))
     torch_device = pipeline.backend.device
@@ -187,7 +184,6 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     params = GenerationParams(frames=config.frames, steps=config.steps, height=config.height, width=config.width)
     params = params.resolve(spec.scheduler, spec.native_size, spec.size_multiple).as_dict()
     components = load_components(config.preset, device="cpu", dtype="float32")
-    info = describe_model(config.preset)
     work = Workload(
         prompts=[f"a panda playing guitar, take {k}" for k in range(config.videos)],
         negative_prompt="blurry, low quality",
@@ -201,7 +197,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             params["width"] // components.vae_scale_factor,
         ),
         text_dim=components.text_encoder.config.hidden_size,
-        text_length=info.tokenizer.model_max_length,
+        text_length=spec.tokenizer.model_max_length,
     )
     folder = Path(tempfile.mkdtemp(prefix="t2v-bench-model-")) / config.preset
     save_components(components, folder)  # the reference loads the same weights from a diffusers folder
@@ -238,7 +234,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         print(f"{name}: {_one_line(results[name])}", flush=True)
 
     ceiling = matmul_ceiling(device, dtype if device.type == "cuda" else torch.float32)
-    flops = _flops(config.preset, work, device_name, dtype_str)
+    eager = load_pipeline(config.preset, device=device_name, dtype=dtype_str)  # FLOPs, memory sweep, throughput
+    flops = _flops(eager, work)
     torch_frames = results.get("torch", {}).get("_frames")
     dtype_fidelity = _dtype_fidelity(config.preset, work, device_name, dtype_str, torch_frames)
     _derive(results, flops, ceiling)
@@ -256,8 +253,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         "flops": flops,
         "dtype_fidelity": dtype_fidelity,
         "backends": results,
-        "memory_sweep": _memory_sweep(config.preset, work, config, device_name, dtype_str),
-        "throughput": _throughput(config.preset, work, config, device_name, dtype_str),
+        "memory_sweep": _memory_sweep(eager, work, config),
+        "throughput": _throughput(eager, work, config),
     }
 
 
