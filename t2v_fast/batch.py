@@ -136,6 +136,11 @@ def render_rows(
                     finish(RowResult(row.id, row.row, "done", seconds=round(seconds, 3), outputs=paths, attempts=1))
                 continue
         for row in group:
+            if len(group) > 1 and is_done(out_dir, row, pipeline.backend.info.model_id):  # saved before the failure
+                seconds = round(time.perf_counter() - started, 3)
+                paths = [str(p) for p in output_paths(out_dir, row)]
+                finish(RowResult(row.id, row.row, "done", seconds=seconds, outputs=paths, attempts=1))
+                continue
             finish(render_one(pipeline, row, out_dir, retries, backoff_seconds))
     return results
 

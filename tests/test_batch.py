@@ -24,11 +24,12 @@ def test_rows_with_equal_settings_share_a_batch():
 
 
 def test_a_failing_row_does_not_cost_the_others(pipeline, tmp_path, monkeypatch):
-    original = video_module.Video.save
+    original, saved = video_module.Video.save, []
 
     def save(self, path, fps=None):
         if "r3" in str(path):
             raise ValueError("cannot encode this one")
+        saved.append(path.name)
         return original(self, path, fps)
 
     monkeypatch.setattr(video_module.Video, "save", save)
@@ -39,6 +40,7 @@ def test_a_failing_row_does_not_cost_the_others(pipeline, tmp_path, monkeypatch)
     assert status == {"r2": ("done", 1), "r3": ("failed", 1), "r4": ("done", 1)}  # deterministic: not retried
     assert "cannot encode this one" in next(r.reason for r in results if r.id == "r3")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r2.json", "r2.mp4", "r4.json", "r4.mp4"]
+    assert sorted(saved) == ["r2.mp4", "r4.mp4"], "r2, saved before the batch failed, is not rendered again"
 
 
 def test_transient_errors_are_retried(pipeline, tmp_path, monkeypatch):
