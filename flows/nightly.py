@@ -15,6 +15,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
@@ -87,8 +88,10 @@ def _run_shards_as_deployments(
     with get_client(sync_client=True) as client:
         while pending:
             time.sleep(2)
+            ids = FlowRunFilter(id=FlowRunFilterId(any_=list(pending.values())))
+            states = {run.id: run.state for run in client.read_flow_runs(flow_run_filter=ids)}
             for shard in [s for s in shards if s.name in pending]:
-                state = client.read_flow_run(pending[shard.name]).state
+                state = states.get(pending[shard.name])
                 if state is not None and state.type.value in FINAL_STATES:
                     del pending[shard.name]
                     results += _shard_outcome(out, shard, model_id, state.type.value)
@@ -161,12 +164,13 @@ def nightly(
     for stale in remove_stale_temporaries(out):
         logger.info("removed %s, left by an interrupted run", stale.name)
 
-    todo = [row for row in parsed.rows if not is_done(out, row, spec.model_id)]
-    results = [
-        RowResult(row.id, row.row, "skipped", "already rendered", outputs=[str(p) for p in output_paths(out, row)])
-        for row in parsed.rows
-        if row not in todo
-    ]
+    todo, results = [], []
+    for row in parsed.rows:
+        if is_done(out, row, spec.model_id):
+            paths = [str(p) for p in output_paths(out, row)]
+            results.append(RowResult(row.id, row.row, "skipped", "already rendered", outputs=paths))
+        else:
+            todo.append(row)
     shards = make_shards(todo, max(1, shard_size))
     logger.info(
         "%d rows: %d to render in %d shards, %d already done, %d rejected",
