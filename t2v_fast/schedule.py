@@ -11,7 +11,9 @@ validated and the other derived under the same constraint.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from diffusers import DDIMScheduler
@@ -25,9 +27,15 @@ MIN_STEPS = 2
 
 
 def timesteps_for(scheduler: DDIMScheduler, steps: int) -> torch.Tensor:
-    probe = DDIMScheduler.from_config(scheduler.config)
+    """The scheduler's timesteps for `steps` steps (cached: validating a manifest asks for them for every row)."""
+    return torch.tensor(_timesteps(json.dumps(dict(scheduler.config), sort_keys=True, default=str), steps))
+
+
+@lru_cache(maxsize=256)
+def _timesteps(config: str, steps: int) -> tuple[int, ...]:
+    probe = DDIMScheduler.from_config(json.loads(config))
     probe.set_timesteps(steps)
-    return probe.timesteps
+    return tuple(int(t) for t in probe.timesteps)
 
 
 def _nearest_index(timesteps: torch.Tensor, target: int, candidates: range) -> int:
