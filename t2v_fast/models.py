@@ -33,7 +33,7 @@ class ModelComponents:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale_factor(self.vae.config)
 
     @property
     def native_size(self) -> int:
@@ -70,7 +70,12 @@ class ModelInfo:
 def size_multiple(unet_config: Any, vae_config: Any) -> int:
     """Pixel step of valid heights/widths: latents must survive the UNet's downsampling exactly, since the exported
     graphs have no other path."""
-    return 2 ** (len(vae_config["block_out_channels"]) - 1) * 2 ** (len(unet_config["down_block_types"]) - 1)
+    return vae_scale_factor(vae_config) * 2 ** (len(unet_config["down_block_types"]) - 1)
+
+
+def vae_scale_factor(vae_config: Any) -> int:
+    """Pixels per latent along each axis: the VAE halves the size at every block but the last."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ def describe_model(model: str) -> ModelSpec:
         scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     unet, vae = configs["unet"], configs["vae"]
-    native = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+    native = unet["sample_size"] * vae_scale_factor(vae)
     return ModelSpec(model, native, size_multiple(unet, vae), scheduler, tokenizer)
 
 
