@@ -25,6 +25,7 @@ from .attention_plugin import VideoUNet
 from .engine_dir import ENGINE_JSON, FORMAT_VERSION, EngineDir, file_sha256
 from .errors import UserError
 from .models import ModelComponents, ModelInfo, load_components
+from .runtime import TextEncoder, VaeDecoder
 
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 ONNX_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64"}
@@ -40,28 +41,6 @@ class ExportSettings:
     videos: int = 1
     dtype: str = "fp32"
     opset: int = 18
-
-
-class TextEncoder(nn.Module):
-    """CLIP text encoder returning only the last hidden state, the one output the UNet consumes."""
-
-    def __init__(self, text_encoder: nn.Module):
-        super().__init__()
-        self.text_encoder = text_encoder
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(input_ids, return_dict=False)[0]
-
-
-class VaeDecoder(nn.Module):
-    """VAE decoder taking the denoiser's latents, so the scaling factor is part of the graph."""
-
-    def __init__(self, vae: nn.Module):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,36 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+from torch import nn
 
 from .attention_plugin import VideoUNet
 from .engine_dir import EngineDir
 from .errors import UserError
 from .models import ModelComponents, ModelInfo
+
+
+class TextEncoder(nn.Module):
+    """CLIP text encoder returning only the last hidden state, the one output the UNet consumes.
+
+    The torch backend runs this module and `t2v-fast export` exports it, so both compute the same thing."""
+
+    def __init__(self, text_encoder: nn.Module):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(input_ids, return_dict=False)[0]
+
+
+class VaeDecoder(nn.Module):
+    """VAE decoder taking the denoiser's latents, so the scaling factor is part of the exported graph too."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
 
 
 class ModelBackend(Protocol):
@@ -45,9 +70,9 @@ class TorchBackend:
         """`channels_last` (default: on CUDA) suits tensor-core convolutions; `compile_unet` runs the UNet through
         `torch.compile` (Inductor kernels, CUDA graphs on GPU), paid for once by the first call at each shape."""
         self.info = ModelInfo.from_components(components)
-        self.text_encoder = components.text_encoder
+        self.text_encoder = TextEncoder(components.text_encoder)
         self.unet = VideoUNet(components.unet)
-        self.vae = components.vae
+        self.vae = VaeDecoder(components.vae)
         self.device = self.unet.unet.device
         self.dtype = self.unet.unet.dtype
         if channels_last if channels_last is not None else self.device.type == "cuda":
@@ -61,7 +86,7 @@ class TorchBackend:
 
     @torch.inference_mode()
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(input_ids.to(self.device))[0]
+        return self.text_encoder(input_ids.to(self.device))
 
     @torch.inference_mode()
     def predict_noise(
@@ -71,7 +96,7 @@ class TorchBackend:
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        return self.vae(latents)
 
 
 ORT_PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")

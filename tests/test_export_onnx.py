@@ -14,8 +14,8 @@ from t2v_fast import load_pipeline
 from t2v_fast.attention_plugin import VideoUNet
 from t2v_fast.engine_dir import EngineDir
 from t2v_fast.errors import UserError
-from t2v_fast.export import TextEncoder, VaeDecoder
 from t2v_fast.models import load_components
+from t2v_fast.runtime import TextEncoder, VaeDecoder
 
 TOLERANCE = 1e-4
 
