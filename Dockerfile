@@ -17,11 +17,14 @@ WORKDIR /opt/t2v-fast
 ARG TORCH_SPEC="torch==2.13.0"
 RUN python3 -m pip install "${TORCH_SPEC}"
 
-# Dependencies first (cached across code changes), then the code; the deployments run flows from this folder.
-COPY pyproject.toml README.md ./
+# The library and the folders installed inside it (t2v_fast.export, .flows, .benchmarks); the deployments run the
+# flows from where they are installed, the same path on every node of this image.
+COPY pyproject.toml README.md LICENSE ./
 COPY t2v_fast ./t2v_fast
+COPY export ./export
 COPY flows ./flows
-RUN python3 -m pip install ".[tensorrt,flows]" && python3 -c "import tensorrt, t2v_fast, flows.nightly"
+COPY benchmarks ./benchmarks
+RUN python3 -m pip install ".[tensorrt,flows]" && python3 -c "import tensorrt, t2v_fast.flows.nightly"
 
 RUN useradd --create-home --uid 1000 worker && chown -R worker /opt/t2v-fast
 USER worker

@@ -1,1 +1,10 @@
-"""Benchmark harness: every backend against diffusers' reference pipeline, side by side in one process."""
+"""Benchmark harness: every backend against diffusers' reference pipeline, side by side in one process.
+
+Installed as `t2v_fast.benchmarks`; `t2v-fast bench` (or `python -m t2v_fast.benchmarks`) is its command line.
+"""
+
+from pathlib import Path
+
+# The contenders, in the order they run and are reported.
+BACKENDS = ("reference", "torch", "torch-compiled", "onnxruntime", "tensorrt")
+RESULTS_ROOT = Path(__file__).resolve().parent / "results"

@@ -1,4 +1,4 @@
-"""`t2v-fast bench` / `python -m benchmarks`: latency, memory and FLOPs of every backend against the reference.
+"""`t2v-fast bench` / `python -m t2v_fast.benchmarks`: latency, memory and FLOPs of every backend against the reference.
 
 Everything is measured side by side in one process run, on the same inputs: per stage (text encoding, one UNet call,
 VAE decode of all frames, end to end per video), cold start separately from warm runs, medians and p90s, peak memory,
@@ -8,7 +8,6 @@ reference, fidelity against the reference's frames, a memory sweep over frame co
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import re
 import tempfile
@@ -20,17 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2v_fast.models import describe_model, dtype_name, load_components, resolve_device, resolve_dtype, save_components
+from t2v_fast.loading import describe_model, load_pipeline
+from t2v_fast.models import ModelInfo, dtype_name, load_components, resolve_device, resolve_dtype, save_components
 from t2v_fast.params import GenerationParams
-from t2v_fast.pipeline import TextToVideoZeroPipeline, load_pipeline
+from t2v_fast.pipeline import TextToVideoZeroPipeline
 from t2v_fast.quiet import quiet_libraries
 
+from . import BACKENDS, RESULTS_ROOT
 from .measure import PeakMemory, count_flops, describe_machine, make_rss_track_live_memory, matmul_ceiling, timed
 from .report import write_outputs
 from .runners import ReferenceRunner, Unavailable, Workload, onnxruntime_runner, tensorrt_runner, torch_runner
-
-BACKENDS = ("reference", "torch", "torch-compiled", "onnxruntime", "tensorrt")
-RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
@@ -165,7 +163,7 @@ def _dtype_fidelity(model: str, work: Workload, device: str, dtype: str, frames:
     videos = pipeline.generate(
         work.prompts, negative_prompt=work.negative_prompt, seed=work.seeds, progress=False, **work.params
     )
-    full = np.stack([v.frames for v in (videos if isinstance(videos, list) else [videos])])
+    full = np.stack([v.frames for v in videos])
     diff = np.abs(frames.astype(np.int16) - full.astype(np.int16))
     return {
         "compared": True,
@@ -182,7 +180,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     make_rss_track_live_memory()
     spec = describe_model(config.preset)
     params = GenerationParams(frames=config.frames, steps=config.steps, height=config.height, width=config.width)
-    params = params.resolve(spec.scheduler, spec.native_size, spec.size_multiple).as_dict()
+    params = params.resolve(spec).as_dict()
     components = load_components(config.preset, device="cpu", dtype="float32")
     work = Workload(
         prompts=[f"a panda playing guitar, take {k}" for k in range(config.videos)],
@@ -191,13 +189,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         params=params,
         device=device,
         dtype=dtype,
-        latent_shape=(
-            components.unet.config.in_channels,
-            params["height"] // components.vae_scale_factor,
-            params["width"] // components.vae_scale_factor,
-        ),
-        text_dim=components.text_encoder.config.hidden_size,
-        text_length=spec.tokenizer.model_max_length,
+        info=ModelInfo.from_components(components),
     )
     folder = Path(tempfile.mkdtemp(prefix="t2v-bench-model-")) / config.preset
     save_components(components, folder)  # the reference loads the same weights from a diffusers folder
@@ -288,41 +280,16 @@ def _one_line(result: dict[str, Any]) -> str:
     return f"{video:.3f} s/video, UNet call {unet * 1e3:.1f} ms"
 
 
-def device_slug(result: dict[str, Any]) -> str:
-    machine = result["machine"]
-    name = machine.get("gpu") or f"cpu-{machine.get('cpu_cores')}core"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="t2v-fast bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", help="tiny-random, small-random (default) or sd15-random")
-    parser.add_argument("--frames", type=int)
-    parser.add_argument("--height", type=int)
-    parser.add_argument("--width", type=int)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--videos", type=int, help="videos per batch")
-    parser.add_argument("--device")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--repeats", type=int)
-    parser.add_argument("--backends", help=f"comma-separated subset of {','.join(BACKENDS)}")
-    parser.add_argument("--sweep-frames", help="frame counts of the memory sweep, e.g. 8,16,32,64")
-    parser.add_argument("--quick", action="store_true", help="seconds on a CPU, for CI: checks the harness, not speed")
-    parser.add_argument("--out", type=Path, help=f"results root (default {RESULTS_ROOT})")
-    args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "backends", "sweep_frames", "out")
-    }
-    if args.backends:
-        overrides["backends"] = tuple(args.backends.split(","))
-    if args.sweep_frames:
-        overrides["sweep_frames"] = tuple(int(v) for v in args.sweep_frames.split(","))
-    if args.out:
-        overrides["out_root"] = args.out
-    config = BenchConfig.quick_config(**overrides) if args.quick else BenchConfig(**overrides)
+def run_and_report(config: BenchConfig) -> Path:
+    """Run the benchmark and write results.json, results.md and chart.png; the folder they went to."""
     quiet_libraries()
     result = run_benchmark(config)
     folder = config.out_root / f"{device_slug(result)}-{result['date'][:10]}"
     write_outputs(result, folder)
-    print(f"wrote {folder}/results.json, results.md, chart.png")
-    return 0
+    return folder
+
+
+def device_slug(result: dict[str, Any]) -> str:
+    machine = result["machine"]
+    name = machine.get("gpu") or f"cpu-{machine.get('cpu_cores')}core"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2v_fast.pipeline import TextToVideoZeroPipeline, VideoRequest, load_pipeline
+from t2v_fast.loading import load_pipeline
+from t2v_fast.models import ModelInfo
+from t2v_fast.networks import NETWORKS, dims
+from t2v_fast.pipeline import TextToVideoZeroPipeline, VideoRequest
 
 
 class Unavailable(Exception):
@@ -35,24 +38,28 @@ class Workload:
     params: dict[str, Any]  # resolved GenerationParams
     device: torch.device
     dtype: torch.dtype
-    latent_shape: tuple[int, int, int]
-    text_dim: int
-    text_length: int
+    info: ModelInfo
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
 
     @property
     def videos(self) -> int:
         return len(self.prompts)
 
+    def _inputs(self, network: str, unet_batch: int) -> dict[str, torch.Tensor]:
+        """Random (never all-zero) inputs of the network table's shapes for this workload, on its device."""
+        frames, height, width = self.params["frames"], self.params["height"], self.params["width"]
+        shapes = dims(self.info, videos=unet_batch, frames=frames, height=height, width=width, images=frames)
+        made = NETWORKS[network].sample_inputs(shapes, torch.float32, self.generator)
+        return {name: t.to(self.device, self.dtype) if t.is_floating_point() else t for name, t in made.items()}
+
     def unet_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Random (never all-zero) UNet inputs of the full-video shape: guidance doubles the videos."""
-        sample = torch.randn((2 * self.videos, self.params["frames"], *self.latent_shape), generator=self.generator)
-        text = torch.randn((2 * self.videos, self.text_length, self.text_dim), generator=self.generator)
-        return sample.to(self.device, self.dtype), torch.tensor(801), text.to(self.device, self.dtype)
+        """UNet inputs of the full-video shape: guidance doubles the videos."""
+        made = self._inputs("unet", 2 * self.videos)
+        return made["sample"], made["timestep"], made["encoder_hidden_states"]
 
     def latents(self) -> torch.Tensor:
-        latents = torch.randn((self.videos, self.params["frames"], *self.latent_shape), generator=self.generator)
-        return latents.to(self.device, self.dtype)
+        """The denoised latents of every video, `(videos, frames, C, h, w)`, for timing the decoder."""
+        return self._inputs("unet", self.videos)["sample"]
 
 
 class PipelineRunner:
@@ -86,7 +93,6 @@ class PipelineRunner:
         videos = self.pipeline.generate(
             work.prompts, negative_prompt=work.negative_prompt, seed=work.seeds, progress=False, **work.params
         )
-        videos = videos if isinstance(videos, list) else [videos]
         return np.stack([v.frames for v in videos])
 
 
@@ -203,8 +209,9 @@ def tensorrt_runner(
         raise Unavailable("TensorRT needs a CUDA device")
 
     def prepare():
-        from t2v_fast.engine_dir import EngineDir
         from t2v_fast.export import ExportSettings, export_model
+
+        from t2v_fast.engine_dir import EngineDir
         from t2v_fast.tensorrt_backend import AxisRange, BuildRanges, build_engines
 
         folder = Path(tempfile.mkdtemp(prefix="t2v-bench-trt-")) / "engines"

@@ -1,11 +1,11 @@
 """Create the `nightly` and `render-shard` deployments on a work pool (the Python equivalent of a prefect.yaml).
 
-    python -m flows.deploy --manifest /shared/prompts.csv --out /shared/videos --timezone Europe/Berlin
+    python -m t2v_fast.flows.deploy --manifest /shared/prompts.csv --out /shared/videos --timezone Europe/Berlin
 
-Both deployments run from this repository's folder on each worker (`from_source` of a local path, so every node needs
-the same checkout at the same path, as in the Dockerfile's image). `nightly` runs at 02:00 in `--timezone`, never two
-at once (`concurrency_limit=1`), on the `orchestration` queue, and fans its shards out as `render-shard` runs on the
-`render` queue. Workers:
+Both deployments run the flows from the folder this module is installed in (`from_source` of a local path), so every
+node needs t2v-fast installed at the same path, as in the Dockerfile's image. `nightly` runs at 02:00 in
+`--timezone`, never two at once (`concurrency_limit=1`), on the `orchestration` queue, and fans its shards out as
+`render-shard` runs on the `render` queue. Workers:
 
     prefect worker start --pool gpu --work-queue render --limit 1          # on every GPU node
     prefect worker start --pool gpu --work-queue orchestration             # once, on any node
@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow
 from prefect.schedules import Cron
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+FLOWS_FOLDER = Path(__file__).resolve().parent
 # Shards go to `render`, served on every GPU node by one worker with `--limit 1` (one shard per GPU at a time); the
 # nightly orchestrator goes to `orchestration`, so it never holds a GPU worker's only slot.
 RENDER_QUEUE = "render"
@@ -33,11 +33,11 @@ def deploy(
     pool: str = "gpu",
     timezone: str = "UTC",
     cron: str = "0 2 * * *",
-    source: Path = REPO_ROOT,
+    source: Path = FLOWS_FOLDER,
     nightly_parameters: dict[str, Any] | None = None,
     schedule: bool = True,
 ) -> None:
-    flow.from_source(source=str(source), entrypoint="flows/render_shard.py:render_shard").deploy(
+    flow.from_source(source=str(source), entrypoint="render_shard.py:render_shard").deploy(
         name="render-shard",
         work_pool_name=pool,
         work_queue_name=RENDER_QUEUE,
@@ -46,7 +46,7 @@ def deploy(
         print_next_steps=False,
     )
     parameters = {"manifest": manifest, "out_dir": out_dir, "use_deployments": True, **(nightly_parameters or {})}
-    flow.from_source(source=str(source), entrypoint="flows/nightly.py:nightly").deploy(
+    flow.from_source(source=str(source), entrypoint="nightly.py:nightly").deploy(
         name="nightly",
         work_pool_name=pool,
         work_queue_name=ORCHESTRATION_QUEUE,
@@ -70,8 +70,20 @@ def main() -> None:
     parser.add_argument("--backend", default="torch", help="torch, onnxruntime or tensorrt")
     parser.add_argument("--engines", help="engine directory for onnxruntime/tensorrt, as every node sees it")
     parser.add_argument("--shard-size", type=int, default=16, help="rows per shard (default %(default)s)")
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=60.0,
+        help="a silent node's work moves to the others after this long (default %(default)s)",
+    )
     args = parser.parse_args()
-    parameters = {"model": args.model, "backend": args.backend, "engines": args.engines, "shard_size": args.shard_size}
+    parameters = {
+        "model": args.model,
+        "backend": args.backend,
+        "engines": args.engines,
+        "shard_size": args.shard_size,
+        "lease_seconds": args.lease_seconds,
+    }
     deploy(args.manifest, args.out, args.pool, args.timezone, args.cron, nightly_parameters=parameters)
     print(f"deployed nightly (cron {args.cron!r}, {args.timezone}) and render-shard on pool {args.pool!r}")
 

@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import (
@@ -18,28 +19,46 @@ from prefect.artifacts import (
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
+from prefect.states import Crashed
+from t2v_fast.flows.render_shard import render_shard
 
-from flows.render_shard import render_shard
 from t2v_fast.batch import (
     RowResult,
+    count_statuses,
     is_done,
     load_shard_results,
-    output_paths,
-    remove_stale_temporaries,
+    qc_summary,
+    rendered_elsewhere,
+    rendered_result,
+    shard_heartbeat_path,
+    shard_record,
+    split_done,
     write_reports,
 )
+from t2v_fast.claims import DEFAULT_LEASE_SECONDS
+from t2v_fast.loading import describe_model
 from t2v_fast.manifest import ManifestRow, parse_manifest
-from t2v_fast.models import describe_model
 from t2v_fast.params import GenerationParams
+from t2v_fast.qc import QcThresholds
 
 RENDER_SHARD_DEPLOYMENT = "render-shard/render-shard"
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+POLL_SECONDS = 2.0
+# A worker took the run (PENDING) and is starting its process: imports and start-up get this many leases before the
+# run must be RUNNING; a RUNNING shard beats from its first line, so one lease of silence means its node is gone.
+STARTUP_LEASES = 4
+MAX_RELAUNCHES = 2
 
 
 @dataclass(frozen=True)
 class Shard:
     name: str
     rows: list[ManifestRow]
+    attempt: int = 0  # how many times these rows were launched again after a node died
+
+    def relaunched(self, rows: list[ManifestRow]) -> Shard:
+        base = self.name.split("-relaunch")[0]
+        return Shard(f"{base}-relaunch{self.attempt + 1}", rows, self.attempt + 1)
 
 
 def make_shards(rows: list[ManifestRow], size: int) -> list[Shard]:
@@ -52,56 +71,116 @@ def make_shards(rows: list[ManifestRow], size: int) -> list[Shard]:
     return shards
 
 
-def _shard_outcome(out: Path, shard: Shard, model_id: str, state: str) -> list[RowResult]:
-    """Per-row results of a finished shard run, from what it recorded; rows it never reached fail with its state."""
+def _recorded_outcome(
+    out: Path, shard: Shard, model_id: str, thresholds: QcThresholds
+) -> tuple[list[RowResult], list[ManifestRow]]:
+    """Results of the rows a shard run finished (from its record, or from the outputs when it died before recording
+    them), and the rows it never finished."""
     recorded = {r.id: r for r in load_shard_results(out, shard.name)}
-    outcome = []
+    finished, unfinished = [], []
     for row in shard.rows:
         if row.id in recorded:
-            outcome.append(recorded[row.id])
-        elif is_done(out, row, model_id):  # finished, but the run died before recording it
-            outcome.append(RowResult(row.id, row.row, "done", outputs=[str(p) for p in output_paths(out, row)]))
+            finished.append(recorded[row.id])
+        elif is_done(out, row, model_id):
+            finished.append(rendered_result(out, row, "done", thresholds))
         else:
-            outcome.append(RowResult(row.id, row.row, "failed", f"shard run {state.lower()} before this row finished"))
-    return outcome
+            unfinished.append(row)
+    return finished, unfinished
 
 
-def _run_shards_as_deployments(
-    shards: list[Shard], out: Path, model_id: str, shard_parameters: dict[str, Any], progress
-):
-    """One `render-shard` deployment run per shard, keyed so that a retried night reuses the runs it launched."""
-    logger = get_run_logger()
-    runs = {}
-    for shard in shards:
-        parameters = {**shard_parameters, "rows": [asdict(r) for r in shard.rows], "shard": shard.name}
+def _shard_outcome(out: Path, shard: Shard, model_id: str, thresholds: QcThresholds, state: str) -> list[RowResult]:
+    """Per-row results of a finished shard run; rows it never reached fail with its state."""
+    finished, unfinished = _recorded_outcome(out, shard, model_id, thresholds)
+    reason = f"shard run {state.lower()} before this row finished"
+    return finished + [RowResult(row.id, row.row, "failed", reason) for row in unfinished]
+
+
+def _silent_seconds(out: Path, shard: Shard, active_since: float) -> float:
+    """Seconds since the shard's last sign of life: its heartbeat, or since it became active if it never beat."""
+    beat = shard_heartbeat_path(out, shard.name)
+    last = beat.stat().st_mtime if beat.exists() else 0.0
+    return time.time() - max(last, active_since)
+
+
+class ShardRuns:
+    """The render-shard deployment runs of one night: launched once each, watched until every one has ended.
+
+    A run whose worker reports a final state ends with it. A RUNNING run without a heartbeat for a whole lease (or a
+    PENDING one that does not start within `STARTUP_LEASES` leases) is a dead node (power loss, kernel panic, OOM
+    killer taking the worker): it is marked CRASHED, naming the node, and its unfinished rows are launched again as a
+    new shard for the live nodes, the same night. Their claims keep a false alarm from rendering a row twice.
+    """
+
+    def __init__(self, out: Path, model_id: str, parameters: dict[str, Any], progress):
+        """`parameters` of every render-shard run; their lease and QC thresholds also rule the watching."""
+        self.out, self.model_id, self.parameters = out, model_id, parameters
+        self.lease_seconds = parameters["lease_seconds"]
+        self.thresholds = QcThresholds(**parameters["qc_thresholds"])
+        self.progress, self.logger = progress, get_run_logger()
+        self.pending: dict[str, tuple[Shard, UUID]] = {}
+        self.active_since: dict[tuple[str, str], float] = {}  # (shard, state) -> when first seen in that state
+        self.launched = 0
+        self.results: list[RowResult] = []
+
+    def launch(self, shard: Shard) -> None:
+        """One run per shard, keyed so that a retried night reuses the runs it launched."""
         run = run_deployment(
             RENDER_SHARD_DEPLOYMENT,
-            parameters=parameters,
+            parameters={**self.parameters, "rows": [asdict(r) for r in shard.rows], "shard": shard.name},
             timeout=0,
             idempotency_key=f"{flow_run.get_id()}:{shard.name}",
             flow_run_name=shard.name,
         )
-        runs[shard.name] = run.id
-        logger.info("launched %s as flow run %s", shard.name, run.id)
-    results: list[RowResult] = []
-    pending = dict(runs)
-    with get_client(sync_client=True) as client:
-        while pending:
-            time.sleep(2)
-            ids = FlowRunFilter(id=FlowRunFilterId(any_=list(pending.values())))
-            states = {run.id: run.state for run in client.read_flow_runs(flow_run_filter=ids)}
-            for shard in [s for s in shards if s.name in pending]:
-                state = states.get(pending[shard.name])
-                if state is not None and state.type.value in FINAL_STATES:
-                    del pending[shard.name]
-                    results += _shard_outcome(out, shard, model_id, state.type.value)
-                    update_progress_artifact(progress, 100 * (len(shards) - len(pending)) / len(shards))
-                    logger.info("%s finished: %s", shard.name, state.name)
-    return results
+        self.pending[shard.name] = (shard, run.id)
+        self.launched += 1
+        self.logger.info("launched %s (%d rows) as flow run %s", shard.name, len(shard.rows), run.id)
+
+    def wait(self) -> list[RowResult]:
+        with get_client(sync_client=True) as client:
+            while self.pending:
+                time.sleep(POLL_SECONDS)
+                ids = FlowRunFilter(id=FlowRunFilterId(any_=[run_id for _, run_id in self.pending.values()]))
+                runs = {run.id: run for run in client.read_flow_runs(flow_run_filter=ids)}
+                for name, (shard, run_id) in list(self.pending.items()):
+                    run = runs.get(run_id)
+                    state = run.state.type.value if run is not None and run.state is not None else None
+                    if state in FINAL_STATES:
+                        outcome = _shard_outcome(self.out, shard, self.model_id, self.thresholds, state)
+                        self._ended(shard, outcome)
+                        self.logger.info("%s finished: %s", name, run.state.name)
+                    elif state in ("PENDING", "RUNNING"):
+                        since = self.active_since.setdefault((name, state), time.time())
+                        silent = _silent_seconds(self.out, shard, since)
+                        if silent >= self.lease_seconds * (STARTUP_LEASES if state == "PENDING" else 1):
+                            self._dead(client, run, shard, silent)
+        return self.results
+
+    def _ended(self, shard: Shard, outcome: list[RowResult]) -> None:
+        del self.pending[shard.name]
+        self.results += outcome
+        update_progress_artifact(self.progress, 100 * (self.launched - len(self.pending)) / self.launched)
+
+    def _dead(self, client: Any, run: Any, shard: Shard, silent: float) -> None:
+        record = shard_record(self.out, shard.name)
+        node = run.labels.get("prefect.worker.name") or record.get("host") or "unknown node"
+        message = f"node {node} stopped: no heartbeat from {shard.name} for {silent:.0f} s"
+        self.logger.warning("%s; its unfinished rows go to the other nodes", message)
+        client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+        finished, unfinished = _recorded_outcome(self.out, shard, self.model_id, self.thresholds)
+        relaunch = shard.relaunched(unfinished)
+        if unfinished and relaunch.attempt <= MAX_RELAUNCHES:
+            self._ended(shard, finished)
+            self.launch(relaunch)
+        else:
+            reason = f"{message}; not relaunched again after {shard.attempt} relaunches"
+            self._ended(shard, finished + [RowResult(r.id, r.row, "failed", reason) for r in unfinished])
 
 
-def _run_shards_in_process(shards: list[Shard], out: Path, model_id: str, shard_parameters: dict[str, Any], progress):
+def _run_shards_in_process(
+    shards: list[Shard], out: Path, model_id: str, shard_parameters: dict[str, Any], progress
+) -> list[RowResult]:
     results: list[RowResult] = []
+    thresholds = QcThresholds(**shard_parameters["qc_thresholds"])
     for done, shard in enumerate(shards, start=1):
         try:
             render_shard(rows=[asdict(r) for r in shard.rows], shard=shard.name, **shard_parameters)
@@ -109,7 +188,7 @@ def _run_shards_in_process(shards: list[Shard], out: Path, model_id: str, shard_
         except Exception as error:  # e.g. the model cannot load: every row of the shard fails with the reason
             get_run_logger().error("%s failed: %s", shard.name, error)
             state = "FAILED"
-        results += _shard_outcome(out, shard, model_id, state)
+        results += _shard_outcome(out, shard, model_id, thresholds, state)
         update_progress_artifact(progress, 100 * done / len(shards))
     return results
 
@@ -119,6 +198,9 @@ def _summary(results: list[RowResult], counts: dict[str, int], seconds: float) -
     videos_per_hour = counts["done"] * 3600 / seconds if seconds else 0.0
     lines = ["| status | rows |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in counts.items())]
     lines += ["", f"Wall time {seconds:.0f} s, GPU time {gpu_seconds:.0f} s, {videos_per_hour:.1f} rendered rows/hour."]
+    if elsewhere := rendered_elsewhere(results):
+        lines += [f"{elsewhere} skipped rows were rendered by another run working at the same time."]
+    lines += [qc_summary(results) + "."]
     return "\n".join(lines)
 
 
@@ -136,41 +218,29 @@ def nightly(
     use_deployments: bool = False,
     defaults: dict[str, Any] | None = None,
     base_seed: int = 0,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    qc_thresholds: dict[str, float] | None = None,
 ) -> dict[str, int]:
     """Render every valid row of `manifest` into `out_dir` once; returns the count of rows per status.
 
     `batch_videos` caps the videos denoised together on a GPU. `defaults` are generation parameters (frames, steps,
     guidance, height, width, fps, motion_x, motion_y, t0, t1, chunk_size) for rows that do not set them; a row
-    without a seed gets `base_seed + row - 2`.
+    without a seed gets `base_seed + row - 2`. `lease_seconds` bounds how long a dead node holds work: its row claims
+    expire, and its shard is taken as dead, after that long without a heartbeat. `qc_thresholds` (`frozen_mad`,
+    `flicker_ssim`) decide which videos QC marks as frozen or flickering in `results.csv`.
     """
     started = time.monotonic()
     logger = get_run_logger()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec = describe_model(engines or model)
-    parsed = parse_manifest(
-        manifest,
-        GenerationParams(**(defaults or {})),
-        spec.scheduler,
-        spec.native_size,
-        spec.size_multiple,
-        base_seed,
-        count_tokens=lambda text: len(spec.tokenizer(text).input_ids),
-    )
+    parsed = parse_manifest(manifest, GenerationParams(**(defaults or {})), spec, base_seed)
     for warning in parsed.warnings:
         logger.warning("%s", warning)
     for problem in parsed.problems:
         logger.warning("rejected: %s", problem)
-    for stale in remove_stale_temporaries(out):
-        logger.info("removed %s, left by an interrupted run", stale.name)
-
-    todo, results = [], []
-    for row in parsed.rows:
-        if is_done(out, row, spec.model_id):
-            paths = [str(p) for p in output_paths(out, row)]
-            results.append(RowResult(row.id, row.row, "skipped", "already rendered", outputs=paths))
-        else:
-            todo.append(row)
+    thresholds = QcThresholds(**(qc_thresholds or {}))
+    todo, results = split_done(parsed.rows, out, spec.model_id, thresholds)
     shards = make_shards(todo, max(1, shard_size))
     logger.info(
         "%d rows: %d to render in %d shards, %d already done, %d rejected",
@@ -189,16 +259,19 @@ def nightly(
         "device": device,
         "dtype": dtype,
         "batch_videos": batch_videos,
+        "lease_seconds": lease_seconds,
+        "qc_thresholds": asdict(thresholds),
     }
-    run_shards = _run_shards_as_deployments if use_deployments else _run_shards_in_process
-    if shards:
-        results += run_shards(shards, out, spec.model_id, shard_parameters, progress)
+    if shards and use_deployments:
+        runs = ShardRuns(out, spec.model_id, shard_parameters, progress)
+        for shard in shards:
+            runs.launch(shard)
+        results += runs.wait()
+    elif shards:
+        results += _run_shards_in_process(shards, out, spec.model_id, shard_parameters, progress)
 
     write_reports(out, parsed, results)
-    counts = {status: 0 for status in ("done", "skipped", "failed", "rejected")}
-    for result in results:
-        counts[result.status] += 1
-    counts["rejected"] = len(parsed.rejected)
+    counts = count_statuses(parsed, results)
     problems = [r for r in results if r.status == "failed"]
     table = [{"row": r.row, "id": r.id, "status": r.status, "reason": r.reason} for r in problems]
     table += [

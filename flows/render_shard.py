@@ -1,6 +1,8 @@
 """`render-shard`: render one shard of a night's manifest on one GPU node, loading the pipeline once.
 
 One shard per GPU at a time is the worker's job: each GPU node runs one worker on the `render` queue with `--limit 1`.
+While it runs, the shard touches a heartbeat file every quarter lease: the nightly flow takes a shard whose heartbeat
+stops for a whole lease as a dead node, and gives its unfinished rows to another node.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from t2v_fast import load_pipeline
-from t2v_fast.batch import RowResult, render_rows, save_shard_results
+from t2v_fast.batch import RowResult, render_rows, save_shard_results, shard_heartbeat_path
+from t2v_fast.claims import DEFAULT_LEASE_SECONDS, Claims, Heartbeat
+from t2v_fast.loading import load_pipeline
 from t2v_fast.manifest import ManifestRow
+from t2v_fast.qc import QcThresholds
 
 
 @flow(name="render-shard", log_prints=True)
@@ -28,21 +32,41 @@ def render_shard(
     device: str | None = None,
     dtype: str | None = None,
     batch_videos: int = 4,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    qc_thresholds: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Render `rows` (manifest rows as dicts) into `out_dir`; per-row results, also saved as the shard goes.
 
     Rows with equal settings denoise together, up to `batch_videos` videos per UNet batch (memory vs. throughput).
+    Each row is claimed before it renders, with a lease of `lease_seconds`, so no other run renders it too.
+    `qc_thresholds` (`frozen_mad`, `flicker_ssim`) decide which videos QC marks as frozen or flickering.
     """
     out = Path(out_dir)
-    pipeline = load_pipeline(engines or model, backend=backend, device=device, dtype=dtype)
-    progress = create_progress_artifact(0.0, description=f"{shard}: 0 of {len(rows)} rows")
-    results: list[RowResult] = []
+    heartbeat = Heartbeat(shard_heartbeat_path(out, shard), lease_seconds / 4)
+    claims = Claims(out, run=f"shard {shard}", lease_seconds=lease_seconds)
+    try:
+        pipeline = load_pipeline(engines or model, backend=backend, device=device, dtype=dtype)
+        progress = create_progress_artifact(0.0, description=f"{shard}: 0 of {len(rows)} rows")
+        results: list[RowResult] = []
 
-    def record(result: RowResult) -> None:
-        results.append(result)
-        save_shard_results(out, shard, results)
-        update_progress_artifact(progress, 100 * len(results) / len(rows), f"{shard}: {len(results)} of {len(rows)}")
-        print(f"row {result.row} ({result.id}): {result.status} {result.reason}".rstrip())
+        def record(result: RowResult) -> None:
+            results.append(result)
+            save_shard_results(out, shard, results)
+            done = f"{shard}: {len(results)} of {len(rows)}"
+            update_progress_artifact(progress, 100 * len(results) / len(rows), done)
+            print(f"row {result.row} ({result.id}): {result.status} {result.reason}".rstrip())
 
-    render_rows(pipeline, [ManifestRow(**row) for row in rows], out, max_batch_videos=batch_videos, on_result=record)
-    return [asdict(r) for r in results]
+        manifest_rows = [ManifestRow(**row) for row in rows]
+        render_rows(
+            pipeline,
+            manifest_rows,
+            out,
+            max_batch_videos=batch_videos,
+            on_result=record,
+            claims=claims,
+            qc_thresholds=QcThresholds(**(qc_thresholds or {})),
+        )
+        return [asdict(r) for r in results]
+    finally:
+        claims.close()
+        heartbeat.stop()

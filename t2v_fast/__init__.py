@@ -1,9 +1,36 @@
-"""t2v-fast: Text2Video-Zero video generation with one pipeline loop over PyTorch, ONNX Runtime and TensorRT."""
+"""t2v-fast: Text2Video-Zero video generation with one pipeline loop over PyTorch, ONNX Runtime and TensorRT.
 
-__version__ = "0.1.0"
+The public names are imported on first use (PEP 562), so `import t2v_fast` and the command line's `--help` do not
+pay for importing torch, diffusers and transformers.
+"""
 
-from .errors import NumericalError, UserError
-from .pipeline import TextToVideoZeroPipeline, load_pipeline
-from .video import Video
+from __future__ import annotations
 
-__all__ = ["NumericalError", "TextToVideoZeroPipeline", "UserError", "Video", "__version__", "load_pipeline"]
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import NumericalError, T2vFastError, UserError
+
+if TYPE_CHECKING:
+    from .loading import load_pipeline
+    from .pipeline import TextToVideoZeroPipeline
+    from .video import Video
+
+_LAZY = {"load_pipeline": ".loading", "TextToVideoZeroPipeline": ".pipeline", "Video": ".video"}
+
+__all__ = [
+    "NumericalError",
+    "T2vFastError",
+    "TextToVideoZeroPipeline",
+    "UserError",
+    "Video",
+    "__version__",
+    "load_pipeline",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

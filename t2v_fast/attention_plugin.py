@@ -65,6 +65,19 @@ def set_cross_frame_attention(unet: nn.Module) -> None:
     unet.set_attn_processor(CrossFrameAttnProcessor())
 
 
+def always_forward_upsample_sizes(unet: nn.Module) -> None:
+    """Make every upsampler of a diffusers UNet take its skip connection's size, at every latent size.
+
+    diffusers passes the skip connections' sizes to the upsamplers only when a latent side is not a multiple of
+    `2**num_upsamplers` (so that odd sizes, e.g. 36×64 latents for 288×512, round-trip the down- and upsampling); that
+    choice is Python control flow on the input's shape, which an exported graph cannot keep. Declaring more
+    upsamplers than any latent side has factors of 2 makes diffusers always take the size-passing path. For sizes that
+    are multiples, nearest interpolation to twice the size is exactly the scale-factor-2 path, so results do not
+    change; the graph then serves every multiple of the VAE's scale.
+    """
+    unet.num_upsamplers = 62
+
+
 class VideoUNet(nn.Module):
     """A Stable Diffusion UNet seen as a video model: `(videos, frames, C, h, w)` in and out.
 
@@ -74,6 +87,7 @@ class VideoUNet(nn.Module):
     def __init__(self, unet: nn.Module):
         super().__init__()
         set_cross_frame_attention(unet)
+        always_forward_upsample_sizes(unet)
         self.unet = unet
 
     def forward(

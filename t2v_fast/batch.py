@@ -7,7 +7,10 @@ re-running a night never renders it again.
 
 from __future__ import annotations
 
+import collections
 import csv
+import errno
+import glob
 import io
 import json
 import logging
@@ -15,24 +18,29 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import qc
 from .atomic import atomic_path
+from .claims import Claims, Holder
 from .errors import NumericalError, UserError
 from .manifest import Manifest, ManifestRow
 from .pipeline import TextToVideoZeroPipeline
+from .qc import QcThresholds
 
 logger = logging.getLogger("t2v_fast.batch")
 
 # Failures worth another try: the file system, the network, GPU memory taken by someone else. Anything else is
 # deterministic for the same input (bad values, the NaN guard, a bug) and retrying only wastes the night.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, torch.cuda.OutOfMemoryError)
+# Of those, what no retry tonight will change: the output folder is read-only or not ours to write.
+PERMANENT_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
 STATUSES = ("done", "skipped", "failed", "rejected")
-RESULT_COLUMNS = ("id", "row", "status", "reason", "seconds", "output", "attempts")
+RESULT_COLUMNS = ("id", "row", "status", "reason", "seconds", "output", "attempts", "qc")
 
 
 @dataclass
@@ -44,6 +52,7 @@ class RowResult:
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
     attempts: int = 0
+    qc: str = ""  # the QC verdict of the row's videos: ok, frozen or flickering (several: all that apply)
 
 
 def output_paths(out_dir: Path, row: ManifestRow) -> list[Path]:
@@ -83,25 +92,80 @@ def batch_groups(rows: Sequence[ManifestRow], max_videos: int) -> list[list[Mani
     return [batch for batches in groups.values() for batch in batches]
 
 
-def _render(pipeline: TextToVideoZeroPipeline, rows: Sequence[ManifestRow], out_dir: Path) -> list[list[str]]:
-    """Generate and save the videos of `rows` as one batch; the output paths of each row."""
+def _render(
+    pipeline: TextToVideoZeroPipeline,
+    rows: Sequence[ManifestRow],
+    out_dir: Path,
+    claims: Claims,
+    thresholds: QcThresholds,
+) -> list[tuple[list[str], str]]:
+    """Generate and save the videos of `rows` as one batch; per row, its output paths and QC verdict."""
     seeds = [row.seed + k for row in rows for k in range(row.videos_per_prompt)]
-    result = pipeline.generate(
-        [row.prompt for row in rows],
-        negative_prompt=[row.negative_prompt for row in rows],
-        seed=seeds,
-        videos_per_prompt=rows[0].videos_per_prompt,
-        progress=False,
-        **rows[0].params,
+    videos = iter(
+        pipeline.generate(
+            [row.prompt for row in rows],
+            negative_prompt=[row.negative_prompt for row in rows],
+            seed=seeds,
+            videos_per_prompt=rows[0].videos_per_prompt,
+            progress=False,
+            **rows[0].params,
+        )
     )
-    videos = iter(result if isinstance(result, list) else [result])
     outputs = []
     for row in rows:
-        paths = output_paths(out_dir, row)
+        if not claims.holds(row.id):
+            raise RuntimeError(f"row {row.row} ({row.id}) was taken over by another run (this one stalled)")
+        paths, measured = output_paths(out_dir, row), []
         for path in paths:
-            next(videos).save(path)
-        outputs.append([str(p) for p in paths])
+            video = next(videos)
+            measured.append(video.metadata["qc"])
+            try:
+                video.save(path)
+            except OSError as error:  # full disk, read-only or vanished share: say which file, keep the errno
+                raise OSError(error.errno, f"cannot write {path}: {error.strerror or error}") from error
+        outputs.append(([str(p) for p in paths], qc.row_verdict(measured, thresholds)))
     return outputs
+
+
+def remove_temporaries(out_dir: Path, row: ManifestRow) -> list[Path]:
+    """Temporary files an interrupted render of `row` left behind; only called by the holder of the row's claim."""
+    stale = [
+        tmp
+        for path in output_paths(out_dir, row)
+        for name in (path.name, path.with_suffix(".json").name)
+        for tmp in out_dir.glob(f".{glob.escape(name)}.*.tmp")
+    ]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def rendered_result(
+    out_dir: Path, row: ManifestRow, status: str, thresholds: QcThresholds, reason: str = ""
+) -> RowResult:
+    """The result of a row whose outputs are all saved, with the QC verdict its sidecars record."""
+    paths = output_paths(out_dir, row)
+    measured = [json.loads(p.with_suffix(".json").read_text()).get("qc", {}) for p in paths]
+    verdict = qc.row_verdict(measured, thresholds)
+    return RowResult(row.id, row.row, status, reason, outputs=[str(p) for p in paths], qc=verdict)
+
+
+def _claim(
+    claims: Claims, out_dir: Path, row: ManifestRow, model_id: str, thresholds: QcThresholds
+) -> RowResult | Holder | None:
+    """Claim a row to render: None when it is ours to render, a result when another run rendered it, or the live
+    holder that is rendering it now."""
+    holder = claims.try_claim(row.id)
+    if holder is None:
+        if not is_done(out_dir, row, model_id):
+            for path in remove_temporaries(out_dir, row):
+                logger.info("removed %s, left by an interrupted run", path.name)
+            return None
+        claims.release(row.id)  # another run finished it between our planning and our claim
+        return rendered_result(out_dir, row, "skipped", thresholds, "rendered by another run")
+    if is_done(out_dir, row, model_id):
+        return rendered_result(out_dir, row, "skipped", thresholds, f"rendered by {holder.describe()}")
+    return holder
 
 
 def render_rows(
@@ -112,59 +176,106 @@ def render_rows(
     backoff_seconds: float = 2.0,
     max_batch_videos: int = 4,
     on_result: Callable[[RowResult], None] | None = None,
+    claims: Claims | None = None,
+    wait_seconds: float = 1.0,
+    qc_thresholds: QcThresholds | None = None,
 ) -> list[RowResult]:
-    """Render rows, batching where settings agree. A failing batch falls back to its rows one by one, so one bad row
-    never costs the others; transient errors are retried with exponential backoff, deterministic ones are not."""
+    """Render rows, batching where settings agree, each row claimed first so no other run renders it too.
+
+    A failing batch falls back to its rows one by one, so one bad row never costs the others; transient errors are
+    retried with exponential backoff, deterministic ones are not. Rows another live run holds are left for last and
+    waited for: skipped once it has rendered them, rendered here if it gives them up or dies (its lease expires).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    own_claims = claims is None
+    claims = claims or Claims(out_dir, run=f"t2v-fast batch, pid {os.getpid()}")
+    model_id = pipeline.backend.info.model_id
+    thresholds = qc_thresholds or QcThresholds()
     results: list[RowResult] = []
 
     def finish(result: RowResult) -> None:
+        claims.release(result.id)
         results.append(result)
         if on_result:
             on_result(result)
 
-    for group in batch_groups(rows, max_batch_videos):
-        started = time.perf_counter()
-        if len(group) > 1:
-            try:
-                outputs = _render(pipeline, group, out_dir)
-            except Exception as error:  # any failure: isolate it by rendering the rows one by one
-                logger.warning("batch of %d rows failed (%s); rendering them one by one", len(group), error)
+    def claim_all(candidates: Sequence[ManifestRow]) -> tuple[list[ManifestRow], list[ManifestRow]]:
+        mine, held = [], []
+        for row in candidates:
+            outcome = _claim(claims, out_dir, row, model_id, thresholds)
+            if isinstance(outcome, RowResult):
+                finish(outcome)
             else:
-                seconds = (time.perf_counter() - started) / len(group)
-                for row, paths in zip(group, outputs, strict=True):
-                    finish(RowResult(row.id, row.row, "done", seconds=round(seconds, 3), outputs=paths, attempts=1))
-                continue
-        for row in group:
-            if len(group) > 1 and is_done(out_dir, row, pipeline.backend.info.model_id):  # saved before the failure
-                seconds = round(time.perf_counter() - started, 3)
-                paths = [str(p) for p in output_paths(out_dir, row)]
-                finish(RowResult(row.id, row.row, "done", seconds=seconds, outputs=paths, attempts=1))
-                continue
-            finish(render_one(pipeline, row, out_dir, retries, backoff_seconds))
+                (mine if outcome is None else held).append(row)
+        return mine, held
+
+    try:
+        waiting: list[ManifestRow] = []
+        for group in batch_groups(rows, max_batch_videos):
+            mine, held = claim_all(group)
+            waiting += held
+            _render_group(pipeline, mine, out_dir, claims, thresholds, retries, backoff_seconds, finish)
+        while waiting:
+            time.sleep(wait_seconds)
+            mine, waiting = claim_all(waiting)
+            for row in mine:
+                finish(render_one(pipeline, row, out_dir, claims, thresholds, retries, backoff_seconds))
+    finally:
+        if own_claims:
+            claims.close()
     return results
 
 
+def _render_group(
+    pipeline: TextToVideoZeroPipeline,
+    group: Sequence[ManifestRow],
+    out_dir: Path,
+    claims: Claims,
+    thresholds: QcThresholds,
+    retries: int,
+    backoff_seconds: float,
+    finish: Callable[[RowResult], None],
+) -> None:
+    started = time.perf_counter()
+    if len(group) > 1:
+        try:
+            outputs = _render(pipeline, group, out_dir, claims, thresholds)
+        except Exception as error:  # any failure: isolate it by rendering the rows one by one
+            logger.warning("batch of %d rows failed (%s); rendering them one by one", len(group), error)
+        else:
+            seconds = (time.perf_counter() - started) / len(group)
+            for row, (paths, verdict) in zip(group, outputs, strict=True):
+                done = RowResult(row.id, row.row, "done", seconds=round(seconds, 3), outputs=paths, attempts=1)
+                finish(replace(done, qc=verdict))
+            return
+    for row in group:
+        if len(group) > 1 and is_done(out_dir, row, pipeline.backend.info.model_id):  # saved before the failure
+            saved = rendered_result(out_dir, row, "done", thresholds)
+            finish(replace(saved, seconds=round(time.perf_counter() - started, 3), attempts=1))
+            continue
+        finish(render_one(pipeline, row, out_dir, claims, thresholds, retries, backoff_seconds))
+
+
 def render_one(
-    pipeline: TextToVideoZeroPipeline, row: ManifestRow, out_dir: Path, retries: int, backoff_seconds: float
+    pipeline: TextToVideoZeroPipeline,
+    row: ManifestRow,
+    out_dir: Path,
+    claims: Claims,
+    thresholds: QcThresholds,
+    retries: int,
+    backoff_seconds: float,
 ) -> RowResult:
     started = time.perf_counter()
     for attempt in range(1, retries + 2):
         try:
-            paths = _render(pipeline, [row], out_dir)[0]
-            return RowResult(
-                row.id,
-                row.row,
-                "done",
-                seconds=round(time.perf_counter() - started, 3),
-                outputs=paths,
-                attempts=attempt,
-            )
+            paths, verdict = _render(pipeline, [row], out_dir, claims, thresholds)[0]
+            seconds = round(time.perf_counter() - started, 3)
+            return RowResult(row.id, row.row, "done", seconds=seconds, outputs=paths, attempts=attempt, qc=verdict)
         except (UserError, NumericalError) as error:
             reason = f"{type(error).__name__}: {error}"
         except TRANSIENT_ERRORS as error:
             reason = f"{type(error).__name__}: {error}"
-            if attempt <= retries:
+            if attempt <= retries and getattr(error, "errno", None) not in PERMANENT_ERRNOS:
                 delay = backoff_seconds * 2 ** (attempt - 1)
                 logger.warning("row %d (%s): %s; retrying in %.1f s", row.row, row.id, reason, delay)
                 time.sleep(delay)
@@ -191,7 +302,7 @@ def write_reports(out_dir: Path, manifest: Manifest, results: Sequence[RowResult
         reason = "; ".join(str(p) for p in problems)
         by_row[number] = RowResult(manifest.rejected_ids[number], number, "rejected", reason)
     lines = [
-        (r.id, r.row, r.status, r.reason, r.seconds, ";".join(r.outputs), r.attempts)
+        (r.id, r.row, r.status, r.reason, r.seconds, ";".join(r.outputs), r.attempts, r.qc)
         for r in sorted(by_row.values(), key=lambda r: r.row)
     ]
     _write_csv(out_dir / "results.csv", RESULT_COLUMNS, lines)
@@ -202,12 +313,43 @@ def write_reports(out_dir: Path, manifest: Manifest, results: Sequence[RowResult
     )
 
 
-def remove_stale_temporaries(out_dir: Path) -> list[Path]:
-    """Temporary files a killed run left behind (`.NAME.<uuid>.tmp`); only called when no render is running."""
-    stale = list(out_dir.glob(".*.tmp"))
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+def split_done(
+    rows: Sequence[ManifestRow], out_dir: Path, model_id: str, thresholds: QcThresholds | None = None
+) -> tuple[list[ManifestRow], list[RowResult]]:
+    """The rows still to render, and a `skipped` result (with its recorded QC) for each row already rendered."""
+    todo, skipped = [], []
+    for row in rows:
+        if is_done(out_dir, row, model_id):
+            skipped.append(rendered_result(out_dir, row, "skipped", thresholds or QcThresholds(), "already rendered"))
+        else:
+            todo.append(row)
+    return todo, skipped
+
+
+def qc_summary(results: Sequence[RowResult]) -> str:
+    """`QC: 2 frozen, 1 flickering of 40 rendered rows`, or that all are ok."""
+    judged = [r for r in results if r.qc]
+    flagged = collections.Counter(v for r in judged for v in r.qc.split(",") if v != "ok")
+    if not flagged:
+        return f"QC: all {len(judged)} rendered rows ok"
+    return f"QC: {', '.join(f'{n} {v}' for v, n in sorted(flagged.items()))} of {len(judged)} rendered rows"
+
+
+def count_statuses(manifest: Manifest, results: Sequence[RowResult]) -> dict[str, int]:
+    counts = dict.fromkeys(STATUSES, 0)
+    for result in results:
+        counts[result.status] += 1
+    counts["rejected"] = len(manifest.rejected)
+    return counts
+
+
+def rendered_elsewhere(results: Sequence[RowResult]) -> int:
+    """Rows skipped because another run, working at the same time, rendered them."""
+    return sum(1 for r in results if r.status == "skipped" and r.reason.startswith("rendered by"))
+
+
+def shard_heartbeat_path(out_dir: Path, shard: str) -> Path:
+    return out_dir / ".t2v-shards" / f"{shard}.alive"
 
 
 def shard_record_path(out_dir: Path, shard: str) -> Path:
@@ -224,6 +366,11 @@ def save_shard_results(out_dir: Path, shard: str, results: Sequence[RowResult]) 
         tmp.write_text(json.dumps(record))
 
 
-def load_shard_results(out_dir: Path, shard: str) -> list[RowResult]:
+def shard_record(out_dir: Path, shard: str) -> dict[str, Any]:
+    """What a shard recorded (host, pid, results so far); empty if it recorded nothing."""
     path = shard_record_path(out_dir, shard)
-    return [RowResult(**entry) for entry in json.loads(path.read_text())["results"]] if path.is_file() else []
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_shard_results(out_dir: Path, shard: str) -> list[RowResult]:
+    return [RowResult(**entry) for entry in shard_record(out_dir, shard).get("results", [])]

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .engine_dir import COMPONENTS, EngineDir
+from .engine_dir import EngineDir
 from .errors import UserError
 from .models import load_components
+from .networks import COMPONENTS, DECODE_BATCH_SIZE, NETWORKS, dims
 from .runtime import ModelBackend, OnnxRuntimeBackend, TorchBackend
 
-# Absolute tolerances. fp32 graphs differ from PyTorch only by kernel accumulation order; fp16 graphs by rounding.
+# Absolute tolerances by the precision the backend computes in. fp32 graphs differ from PyTorch only by kernel
+# accumulation order; fp16 graphs and engines by half-precision rounding.
 DEFAULT_TOLERANCES = {
     "fp32": {"text_encoder": 1e-4, "unet": 1e-4, "vae_decoder": 1e-4},
     "fp16": {"text_encoder": 2e-2, "unet": 2e-2, "vae_decoder": 2e-2},
@@ -28,6 +30,7 @@ DEFAULT_TOLERANCES = {
 class ComponentResult:
     backend: str
     component: str
+    case: str
     max_abs_error: float
     mean_abs_error: float
     tolerance: float
@@ -37,28 +40,53 @@ class ComponentResult:
         return self.max_abs_error <= self.tolerance
 
 
-def _component_calls(engine_dir: EngineDir, seed: int) -> dict[str, Callable[[ModelBackend], torch.Tensor]]:
-    """One call per component, on fixed random inputs of the export's shapes."""
-    info, settings = engine_dir.model_info, engine_dir.manifest["export"]
-    size = info["native_size"]
-    latent_h = (settings["height"] or size) // info["vae_scale_factor"]
-    latent_w = (settings["width"] or size) // info["vae_scale_factor"]
-    videos, frames = 2 * settings["videos"], settings["frames"]
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 500, (videos, info["text_max_length"]), generator=generator)
-    sample = torch.randn((videos, frames, info["latent_channels"], latent_h, latent_w), generator=generator)
-    text = torch.randn((videos, info["text_max_length"], info["text_dim"]), generator=generator)
-    latents = torch.randn((min(frames, 8), info["latent_channels"], latent_h, latent_w), generator=generator)
-    timestep = torch.tensor(801)
+@dataclass(frozen=True)
+class Case:
+    component: str
+    name: str
+    call: Callable[[ModelBackend], torch.Tensor]
+
+
+def _cases(engine_dir: EngineDir, seed: int) -> list[Case]:
+    """Calls of every shape generation makes, on fixed random inputs (shapes from the network table): the text batch
+    of a guided call (with a repeated prompt) and of one prompt; the UNet at all frames with and without guidance and
+    at the first frame alone; a full and a one-image VAE batch."""
+    info, settings = engine_dir.info, engine_dir.export_settings
+    videos, frames = settings.videos, settings.frames
+    images = min(frames * videos, DECODE_BATCH_SIZE)
+
+    def inputs(component: str, batch: int, count: int, decoded: int) -> dict[str, torch.Tensor]:
+        height, width = settings.height or info.native_size, settings.width or info.native_size
+        shapes = dims(info, videos=batch, frames=count, height=height, width=width, images=decoded)
+        generator = torch.Generator().manual_seed(seed)
+        return NETWORKS[component].sample_inputs(shapes, torch.float32, generator)
 
     def cast(backend: ModelBackend, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(backend.device, backend.dtype)
 
-    return {
-        "text_encoder": lambda b: b.encode_text(ids),
-        "unet": lambda b: b.predict_noise(cast(b, sample), timestep, cast(b, text)),
-        "vae_decoder": lambda b: b.decode_latents(cast(b, latents)),
-    }
+    def text(batch: int) -> Callable[[ModelBackend], torch.Tensor]:
+        ids = inputs("text_encoder", batch, 1, 1)["input_ids"]
+        ids[-1] = ids[0]  # a repeated prompt within the batch
+        return lambda b: b.encode_text(ids)
+
+    def unet(batch: int, count: int) -> Callable[[ModelBackend], torch.Tensor]:
+        made = inputs("unet", batch, count, 1)
+        sample, timestep, hidden = made["sample"], made["timestep"], made["encoder_hidden_states"]
+        return lambda b: b.predict_noise(cast(b, sample), timestep, cast(b, hidden))
+
+    def vae(decoded: int) -> Callable[[ModelBackend], torch.Tensor]:
+        latents = inputs("vae_decoder", 1, 1, decoded)["latents"]
+        return lambda b: b.decode_latents(cast(b, latents))
+
+    return [
+        Case("text_encoder", f"batch={2 * videos}", text(2 * videos)),
+        Case("text_encoder", "batch=1", text(1)),
+        Case("unet", f"frames={frames},batch={2 * videos}", unet(2 * videos, frames)),
+        Case("unet", f"frames=1,batch={2 * videos}", unet(2 * videos, 1)),
+        Case("unet", f"frames={frames},batch={videos}", unet(videos, frames)),
+        Case("vae_decoder", f"images={images}", vae(images)),
+        Case("vae_decoder", "images=1", vae(1)),
+    ]
 
 
 def available_backends(engine_dir: EngineDir) -> tuple[list[ModelBackend], dict[str, str]]:
@@ -78,38 +106,55 @@ def available_backends(engine_dir: EngineDir) -> tuple[list[ModelBackend], dict[
     return backends, skipped
 
 
+def precision_of(backend: ModelBackend) -> str:
+    """The precision a backend computes in (for TensorRT, its engines'; for ONNX Runtime, its graphs')."""
+    return "fp16" if backend.dtype == torch.float16 else "fp32"
+
+
 def check_engine_dir(
     path: str, tolerances: dict[str, float] | None = None, seed: int = 0
 ) -> tuple[list[ComponentResult], dict[str, str]]:
     engine_dir = EngineDir.load(path)
-    components = load_components(engine_dir.source["model_id"], device="cpu", dtype="float32")
-    if components.weights_sha256 != engine_dir.source["weights_sha256"]:
+    components = load_components(engine_dir.model_id, device="cpu", dtype="float32")
+    if components.weights_sha256 != engine_dir.weights_sha256:
         raise UserError(
-            f"model {engine_dir.source['model_id']!r} no longer has the weights {path} was exported from"
+            f"model {engine_dir.model_id!r} no longer has the weights {path} was exported from"
             " (weights hash mismatch); export again"
         )
-    reference = TorchBackend(components)
-    limits = {**DEFAULT_TOLERANCES[engine_dir.manifest["export"]["dtype"]], **(tolerances or {})}
-    unknown = set(limits) - set(COMPONENTS)
+    unknown = set(tolerances or {}) - set(COMPONENTS)
     if unknown:
         raise UserError(
             f"unknown component(s) in tolerances: {', '.join(sorted(unknown))}; use {', '.join(COMPONENTS)}"
         )
-    calls = _component_calls(engine_dir, seed)
-    expected = {name: call(reference).float() for name, call in calls.items()}
+    reference = TorchBackend(components)
+    cases = _cases(engine_dir, seed)
+    expected = [case.call(reference).float() for case in cases]
     backends, skipped = available_backends(engine_dir)
     results = []
     for backend in backends:
-        for name, call in calls.items():
-            error = (call(backend).float().cpu() - expected[name]).abs()
-            results.append(ComponentResult(backend.name, name, error.max().item(), error.mean().item(), limits[name]))
+        limits = {**DEFAULT_TOLERANCES[precision_of(backend)], **(tolerances or {})}
+        for case, wanted in zip(cases, expected, strict=True):
+            error = (case.call(backend).float().cpu() - wanted).abs()
+            results.append(
+                ComponentResult(
+                    backend.name,
+                    case.component,
+                    case.name,
+                    error.max().item(),
+                    error.mean().item(),
+                    limits[case.component],
+                )
+            )
     return results, skipped
 
 
 def format_report(results: list[ComponentResult], skipped: dict[str, str]) -> str:
-    lines = [f"{'backend':<12} {'component':<13} {'max abs err':>12} {'mean abs err':>13} {'tolerance':>10}  result"]
+    header = (
+        f"{'backend':<12} {'component':<13} {'case':<18} {'max abs err':>12} {'mean abs err':>13} {'tolerance':>10}"
+    )
+    lines = [f"{header}  result"]
     for r in results:
         errors = f"{r.max_abs_error:>12.3e} {r.mean_abs_error:>13.3e} {r.tolerance:>10.1e}"
-        lines.append(f"{r.backend:<12} {r.component:<13} {errors}  {'pass' if r.passed else 'FAIL'}")
+        lines.append(f"{r.backend:<12} {r.component:<13} {r.case:<18} {errors}  {'pass' if r.passed else 'FAIL'}")
     lines += [f"{name}: not checked: {reason}" for name, reason in skipped.items()]
     return "\n".join(lines)

@@ -6,15 +6,16 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
+from .choices import BACKENDS, DTYPE_NAMES
 from .errors import NumericalError, UserError
-from .params import GenerationParams
+from .params import GenerationParams, raise_problems, request_problems
 from .presets import PRESETS
-from .quiet import quiet_libraries
-from .runtime import BACKENDS
 
 EXIT_USER_ERROR = 2
 EXIT_NUMERICAL_ERROR = 3
@@ -42,12 +43,12 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--height",
         type=_positive_int,
-        help="pixels, a multiple of the model's size step (64 for SD 1.5; default: native size)",
+        help="pixels, a multiple of 8 (the VAE's scale) from 16 (default: the model's native size)",
     )
     parser.add_argument(
         "--width",
         type=_positive_int,
-        help="pixels, a multiple of the model's size step (64 for SD 1.5; default: native size)",
+        help="pixels, a multiple of 8 (the VAE's scale) from 16 (default: the model's native size)",
     )
     parser.add_argument(
         "--seed", type=int, help="seed of the first video; video k uses seed+k (default: random, recorded)"
@@ -87,9 +88,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help=f"preset ({', '.join(PRESETS)}), diffusers folder or hub id (default %(default)s)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
-    parser.add_argument(
-        "--dtype", choices=["float32", "float16", "bfloat16"], help="default: float16 on GPU, float32 on CPU"
-    )
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, help="default: float16 on GPU, float32 on CPU")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,16 +109,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_generation_options(generate)
     generate.add_argument("--compile", action="store_true", help="torch backend: compile the UNet (torch.compile)")
+    generate.add_argument(
+        "--cuda-graph", action="store_true", help="onnxruntime backend on CUDA: replay the UNet from CUDA graphs"
+    )
     generate.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     generate.set_defaults(handler=_generate)
 
-    batch = commands.add_parser("batch", help="render a CSV manifest with the Prefect flows, in this process")
+    batch = commands.add_parser("batch", help="render a CSV manifest in this process (no Prefect server needed)")
     batch.add_argument("manifest", type=Path, help="CSV with a 'prompt' column (see README: manifest format)")
     batch.add_argument("--out", required=True, type=Path, help="output folder: <id>.mp4, <id>.json, results.csv")
     _add_model_options(batch)
     batch.add_argument("--backend", default="torch", choices=BACKENDS, help="default: torch")
     batch.add_argument("--engines", type=Path, help="engine directory for onnxruntime/tensorrt")
-    batch.add_argument("--shard-size", type=_positive_int, default=16, help="rows per shard (default %(default)s)")
+    batch.add_argument(
+        "--batch-videos", type=_positive_int, default=4, help="videos denoised together at most (default %(default)s)"
+    )
+    batch.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=60.0,
+        help="a row claimed by a run that died is free again after this long (default %(default)s)",
+    )
+    batch.add_argument(
+        "--qc-frozen-mad", type=float, default=0.5, help="QC: below this frame difference (of 255) a video is frozen"
+    )
+    batch.add_argument(
+        "--qc-flicker-ssim", type=float, default=0.3, help="QC: below this frame-to-frame SSIM a video flickers"
+    )
     batch.add_argument("--strict", action="store_true", help="exit 1 when any row was rejected")
     for name in ("frames", "steps", "height", "width"):
         batch.add_argument(f"--{name}", type=_positive_int, help=f"default {name} for rows that do not set it")
@@ -147,8 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="build TensorRT engines from an engine directory's ONNX files")
     build.add_argument("engine_dir", type=Path)
-    build.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16", help="default %(default)s")
-    build.add_argument("--static", action="store_true", help="one shape (the export's): enables CUDA-graph replay")
+    build.add_argument(
+        "--precision",
+        choices=["fp16", "fp32"],
+        help="the export's, which the ONNX files carry (default)",
+    )
+    build.add_argument(
+        "--static", action="store_true", help="the export's size and frame count only: enables CUDA-graph replay"
+    )
     for axis in ("videos", "frames", "height", "width"):
         build.add_argument(f"--{axis}", help=f"{axis} range N or MIN:OPT:MAX (default: around the export's)")
     build.add_argument("--timing-cache", type=Path, help="timing cache to reuse (default: ENGINE_DIR/timing.cache)")
@@ -161,6 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(handler=_check)
 
+    ui = commands.add_parser("ui", help="web app: text to video, and a review room for each night's output")
+    ui.add_argument("--model", action="append", default=[], help="model to offer first (repeatable; default: presets)")
+    ui.add_argument("--models-dir", type=Path, help="also offer the diffusers and engine folders found here")
+    ui.add_argument("--backend", default="torch", choices=BACKENDS, help="default: torch")
+    ui.add_argument("--engines", type=Path, help="engine directory to offer (for onnxruntime/tensorrt)")
+    ui.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+    ui.add_argument("--dtype", choices=DTYPE_NAMES, help="default: float16 on GPU, float32 on CPU")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
+    ui.add_argument("--port", type=_positive_int, default=7860, help="default %(default)s")
+    ui.add_argument(
+        "--out", type=Path, default=Path("outputs"), help="videos and nights live here (default %(default)s)"
+    )
+    ui.set_defaults(handler=_ui)
+
     model = commands.add_parser("model", help="model utilities")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     save = model_commands.add_parser("save", help="write a preset as a diffusers-format folder")
@@ -170,6 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _status(message: str, quiet: bool) -> Iterator[None]:
+    """A line on stderr that says what is happening during a silent wait (loading a model), then how long it took."""
+    if quiet:
+        yield
+        return
+    print(f"t2v-fast: {message} ...", end="", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        yield
+    except BaseException:
+        print(" failed", file=sys.stderr)
+        raise
+    print(f" done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+
 def _output_paths(out: Path, count: int) -> list[Path]:
     if count == 1:
         return [out]
@@ -177,23 +229,27 @@ def _output_paths(out: Path, count: int) -> list[Path]:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .pipeline import load_pipeline
     from .video import check_writable
 
+    given = {"seed": args.seed} if args.seed is not None else {}
+    raise_problems(request_problems(prompt=args.prompt, **given))
     paths = _output_paths(args.out, args.videos_per_prompt)
     for path in paths:
         check_writable(path)
     source = str(args.engines) if args.engines else args.model
-    providers = args.providers.split(",") if args.providers else None
-    pipeline = load_pipeline(
-        source,
-        backend=args.backend,
-        device=args.device,
-        dtype=args.dtype,
-        providers=providers,
-        compile_unet=args.compile,
-    )
-    result = pipeline.generate(
+    with _status(f"loading {source} ({args.backend} backend)", quiet=args.quiet):
+        from .loading import load_pipeline
+
+        pipeline = load_pipeline(
+            source,
+            backend=args.backend,
+            device=args.device,
+            dtype=args.dtype,
+            providers=args.providers.split(",") if args.providers else None,
+            compile_unet=args.compile,
+            cuda_graph=args.cuda_graph,
+        )
+    videos = pipeline.generate(
         args.prompt,
         negative_prompt=args.negative_prompt,
         seed=args.seed,
@@ -211,7 +267,6 @@ def _generate(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         fps=args.fps,
     )
-    videos = result if isinstance(result, list) else [result]
     for video, path in zip(videos, paths, strict=True):
         video.save(path)
         if not args.quiet:
@@ -222,67 +277,79 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from .manifest import read_records
+    from tqdm.auto import tqdm
 
-    read_records(args.manifest)  # a file-level problem is a one-line error before Prefect starts
-    # The temporary local server's telemetry write races its own start-up on SQLite ("database is locked").
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.nightly import nightly
+    from .batch import count_statuses, qc_summary, render_rows, rendered_elsewhere, split_done, write_reports
+    from .claims import Claims
+    from .loading import describe_model, load_pipeline
+    from .manifest import parse_manifest
+    from .qc import QcThresholds
 
+    source = str(args.engines) if args.engines else args.model
     names = ("frames", "steps", "height", "width", "guidance", "fps")
-    defaults = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    counts = nightly(
-        manifest=str(args.manifest),
-        out_dir=str(args.out),
-        model=args.model,
-        backend=args.backend,
-        engines=str(args.engines) if args.engines else None,
-        device=args.device,
-        dtype=args.dtype,
-        shard_size=args.shard_size,
-        defaults=defaults,
-        base_seed=args.seed,
+    defaults = GenerationParams(**{name: getattr(args, name) for name in names if getattr(args, name) is not None})
+    spec = describe_model(source)
+    parsed = parse_manifest(args.manifest, defaults, spec, args.seed)
+    for warning in parsed.warnings:
+        print(f"t2v-fast: warning: {warning}", file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    thresholds = QcThresholds(args.qc_frozen_mad, args.qc_flicker_ssim)
+    todo, results = split_done(parsed.rows, args.out, spec.model_id, thresholds)
+    print(
+        f"{parsed.total_rows} rows: {len(todo)} to render, {len(results)} already done, {len(parsed.rejected)} rejected"
     )
+    if todo:
+        with _status(f"loading {source} ({args.backend} backend)", quiet=False):
+            pipeline = load_pipeline(source, backend=args.backend, device=args.device, dtype=args.dtype)
+        claims = Claims(args.out, run=f"t2v-fast batch (pid {os.getpid()})", lease_seconds=args.lease_seconds)
+        try:
+            with tqdm(total=len(todo), desc="rendering", unit="row") as bar:
+                results += render_rows(
+                    pipeline,
+                    todo,
+                    args.out,
+                    max_batch_videos=args.batch_videos,
+                    on_result=lambda _: bar.update(),
+                    claims=claims,
+                    qc_thresholds=thresholds,
+                )
+        finally:
+            claims.close()
+    write_reports(args.out, parsed, results)
+    counts = count_statuses(parsed, results)
     print(f"\n{'status':<10} rows")
     for status, count in counts.items():
         print(f"{status:<10} {count}")
+    if elsewhere := rendered_elsewhere(results):
+        print(f"({elsewhere} of the skipped rows were rendered by another run working at the same time)")
+    print(qc_summary(results))
     print(f"details: {args.out / 'results.csv'}, {args.out / 'rejected.csv'}")
     return 1 if counts["failed"] or (args.strict and counts["rejected"]) else 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from .export import ExportSettings, export_model
+    from .networks import COMPONENTS
 
     settings = ExportSettings(args.frames, args.height, args.width, args.videos, args.dtype, args.opset)
     out = args.out or Path("engines") / Path(args.model.rstrip("/")).name
     engine_dir = export_model(args.model, out, settings, progress=not args.quiet)
     if not args.quiet:
-        for name, entry in engine_dir.manifest["components"].items():
-            size = entry["bytes"] / 2**20
-            print(f"{name}: {entry['file']} ({size:.1f} MiB, {entry['export_seconds']} s)")
+        for name in COMPONENTS:
+            record = engine_dir.component(name)
+            print(f"{name}: {record.file} ({record.bytes / 2**20:.1f} MiB, {record.export_seconds} s)")
         print(f"wrote {out / 'engine.json'}")
     return 0
 
 
 def _build(args: argparse.Namespace) -> int:
     from .engine_dir import EngineDir
-    from .tensorrt_backend import AxisRange, BuildRanges, build_engines, import_tensorrt
+    from .tensorrt_backend import AXES, AxisRange, build_engines, default_ranges, import_tensorrt
 
     import_tensorrt()
     engine_dir = EngineDir.load(args.engine_dir)
-    export = engine_dir.manifest["export"]
-    native = engine_dir.model_info["native_size"]
-    exported = {"videos": export["videos"], "frames": export["frames"]}
-    exported |= {"height": export["height"] or native, "width": export["width"] or native}
-    dynamic_defaults = {
-        "videos": f"1:{exported['videos']}:{max(exported['videos'], 4)}",
-        "frames": f"2:{exported['frames']}:{max(exported['frames'], 24)}",
-    }
-    ranges = {}
-    for axis, value in exported.items():
-        text = getattr(args, axis) or (str(value) if args.static else dynamic_defaults.get(axis, str(value)))
-        ranges[axis] = AxisRange.parse(text, axis)
-    build_engines(engine_dir, BuildRanges(**ranges), args.precision, args.timing_cache)
+    given = {axis: AxisRange.parse(text, axis) for axis in AXES if (text := getattr(args, axis))}
+    build_engines(engine_dir, default_ranges(engine_dir, args.static, given), args.precision, args.timing_cache)
     return 0
 
 
@@ -301,6 +368,18 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in results) else 1
 
 
+def _ui(args: argparse.Namespace) -> int:
+    try:
+        from .app import serve
+    except ImportError as error:
+        raise UserError(f"the web app needs Gradio ({error.name} is missing): pip install 't2v-fast[ui]'") from None
+    models = [*([str(args.engines)] if args.engines else []), *args.model]
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"t2v-fast: web app on http://{args.host}:{args.port} (Ctrl+C stops it)", file=sys.stderr)
+    serve(models, args.backend, args.device, args.dtype, args.models_dir, args.out, args.host, args.port)
+    return 0
+
+
 def _model_save(args: argparse.Namespace) -> int:
     from .models import load_components, save_components
 
@@ -314,11 +393,13 @@ def _model_save(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
-        from benchmarks.harness import main as bench
+        from .benchmarks.cli import main as bench
 
         return bench(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="t2v-fast: %(levelname)s: %(message)s")
+    from .quiet import quiet_libraries
+
     quiet_libraries()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:

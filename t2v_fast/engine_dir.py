@@ -2,24 +2,84 @@
 
 `engine.json` says what everything was built from, so that nothing stale is ever run: the source model and its weight
 hash, each ONNX file's hash, its inputs/outputs with named dynamic axes, and each TensorRT engine's TensorRT version,
-GPU compute capability and optimisation profile. Loading validates it and refuses anything that does not match.
+GPU compute capability and optimisation profile. Loading validates it and refuses anything that does not match; the
+rest of t2v-fast reads it through the typed records below, never through string keys.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
-from dataclasses import dataclass, fields
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_path
 from .errors import UserError
 from .models import ModelInfo
+from .networks import COMPONENTS
 
 ENGINE_JSON = "engine.json"
 FORMAT_VERSION = 1
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """Example shapes traced at export (the graph stays dynamic) and the exported precision."""
+
+    frames: int = 8
+    height: int | None = None
+    width: int | None = None
+    videos: int = 1
+    dtype: str = "fp32"
+    opset: int = 18
+
+
+@dataclass(frozen=True)
+class ComponentRecord:
+    """One exported network: its ONNX file(s), their hash, and its inputs and outputs as exported."""
+
+    file: str
+    sha256: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    external_data: str | None = None
+    bytes: int = 0
+    export_seconds: float = 0.0
+    axis_ranges: dict[str, list[int]] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def input_dtype(self, name: str) -> str:
+        return next(entry["dtype"] for entry in self.inputs if entry["name"] == name)
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """One TensorRT engine built from a component's ONNX file: what it was built from and for, and its profiles."""
+
+    component: str
+    file: str
+    tensorrt_version: str
+    compute_capability: str
+    onnx_sha256: str
+    weights_sha256: str
+    profiles: list[dict[str, list[list[int]]]] = field(default_factory=list)  # per profile: input -> [min, opt, max]
+    precision: str = "fp16"
+    gpu: str = ""
+    static: bool = False
+    build_seconds: float = 0.0
+    built_at: float = 0.0  # seconds since the epoch
+    sha256: str = ""  # of the engine file
+    bytes: int = 0
+
+
+def _record(cls: type, entry: dict[str, Any]) -> Any:
+    """A record from its JSON object; fields a later version added are ignored by an earlier one."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in entry.items() if k in known})
 
 
 def file_sha256(*paths: Path) -> str:
@@ -42,7 +102,7 @@ def _require(mapping: Any, key: str, kind: type, where: str) -> Any:
 
 @dataclass
 class EngineDir:
-    """A validated engine directory. `manifest` is the parsed `engine.json`."""
+    """A validated engine directory. `manifest` is the parsed `engine.json`, read through the properties below."""
 
     path: Path
     manifest: dict[str, Any]
@@ -50,6 +110,28 @@ class EngineDir:
     @classmethod
     def is_engine_dir(cls, path: str | Path) -> bool:
         return (Path(path) / ENGINE_JSON).is_file()
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        model_id: str,
+        weights_sha256: str,
+        info: ModelInfo,
+        settings: ExportSettings,
+        components: dict[str, dict[str, Any]],
+        **extra: Any,
+    ) -> EngineDir:
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "source": {"model_id": model_id, "weights_sha256": weights_sha256},
+            "model_info": asdict(info),
+            "export": asdict(settings),
+            "components": components,
+            "engines": {},
+            **extra,
+        }
+        return cls(path, manifest)
 
     @classmethod
     def load(cls, path: str | Path, verify_hashes: bool = True) -> EngineDir:
@@ -90,11 +172,54 @@ class EngineDir:
                 engine_dir.verify_onnx(name)
         return engine_dir
 
+    @property
+    def model_id(self) -> str:
+        """The model the graphs were exported from (a preset, folder or hub id)."""
+        return self.manifest["source"]["model_id"]
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.manifest["source"]["weights_sha256"]
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(**self.manifest["model_info"])
+
+    @property
+    def export_settings(self) -> ExportSettings:
+        return ExportSettings(**self.manifest["export"])
+
+    def component(self, name: str) -> ComponentRecord:
+        return _record(ComponentRecord, self.manifest["components"][name])
+
+    def engines(self) -> dict[str, EngineRecord]:
+        return {key: _record(EngineRecord, entry) for key, entry in self.manifest["engines"].items()}
+
+    def record_engine(self, key: str, record: EngineRecord) -> None:
+        """Add one engine to `engine.json`, merged under a lock with whatever other builders recorded meanwhile.
+
+        Nodes sharing an engine folder may build into it at the same time; a plain read-modify-write would let the
+        second writer drop the first one's entries."""
+        with self._locked():
+            current = json.loads((self.path / ENGINE_JSON).read_text())
+            current["engines"][key] = asdict(record)
+            self.manifest = current
+            self.save()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with (self.path / f"{ENGINE_JSON}.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def onnx_files(self, name: str) -> list[Path]:
-        entry = self.manifest["components"][name]
-        files = [self.path / entry["file"]]
-        if entry.get("external_data"):
-            files.append(self.path / entry["external_data"])
+        record = self.component(name)
+        files = [self.path / record.file]
+        if record.external_data:
+            files.append(self.path / record.external_data)
         return files
 
     def onnx_path(self, name: str) -> Path:
@@ -105,8 +230,7 @@ class EngineDir:
         for file in files:
             if not file.is_file():
                 raise UserError(f"{file} is missing from the engine directory; export again")
-        expected = self.manifest["components"][name]["sha256"]
-        if file_sha256(*files) != expected:
+        if file_sha256(*files) != self.component(name).sha256:
             raise UserError(
                 f"{files[0]} does not match the sha256 recorded in {self.path / ENGINE_JSON}: the file or the record"
                 " was modified after export; export again"
@@ -115,15 +239,3 @@ class EngineDir:
     def save(self) -> None:
         with atomic_path(self.path / ENGINE_JSON) as tmp:
             tmp.write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
-
-    @property
-    def model_info(self) -> dict[str, Any]:
-        return self.manifest["model_info"]
-
-    @property
-    def info(self) -> ModelInfo:
-        return ModelInfo(**self.model_info)
-
-    @property
-    def source(self) -> dict[str, str]:
-        return self.manifest["source"]

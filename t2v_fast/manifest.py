@@ -12,19 +12,21 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
-from .params import GenerationParams
-from .schedule import resolve_t0_t1
+from .params import GenerationParams, ParamProblem, raise_problems, request_problems
+
+if TYPE_CHECKING:
+    from .models import ModelSpec
 
 INT_FIELDS = ("seed", "frames", "steps", "height", "width", "t0", "t1", "videos_per_prompt")
 FLOAT_FIELDS = ("guidance", "fps", "motion_x", "motion_y")
 OVERRIDES = ("negative_prompt", *INT_FIELDS, *FLOAT_FIELDS)
 COLUMNS = ("id", "prompt", *OVERRIDES)
+OVERRIDES_IN_PARAM_ORDER = ("negative_prompt", *GenerationParams.names(), "seed", "videos_per_prompt")
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 CLIP_TOKENS = 77
 
@@ -116,17 +118,10 @@ def read_records(path: Path) -> tuple[list[str], list[list[str]]]:
     return header, records[1:]
 
 
-def parse_manifest(
-    path: str | Path,
-    defaults: GenerationParams,
-    scheduler: Any,
-    native_size: int,
-    size_multiple: int,
-    base_seed: int = 0,
-    count_tokens: Callable[[str], int] | None = None,
-) -> Manifest:
-    """Validate every row against the defaults; collect every problem with its row and column."""
+def parse_manifest(path: str | Path, defaults: GenerationParams, model: ModelSpec, base_seed: int = 0) -> Manifest:
+    """Validate every row against the defaults and `model`; collect every problem with its row and column."""
     path = Path(path)
+    raise_problems(defaults.problems(model), where=f"invalid defaults for {path}: ")
     header, records = read_records(path)
     unknown = [name for name in header if name not in COLUMNS]
     manifest = Manifest(rows=[], rejected={}, total_rows=len(records))
@@ -142,8 +137,7 @@ def parse_manifest(
             extra = ",".join(record[len(header) :])
             problems.append(Problem(number, f"#{len(header) + 1}", f"more fields than the header has: {extra!r}"))
         prompt = values.get("prompt", "").strip()
-        if not prompt:
-            problems.append(Problem(number, "prompt", "missing prompt"))
+        negative = values.get("negative_prompt", "").strip()
         settings: dict[str, Any] = {}
         for column in (*INT_FIELDS, *FLOAT_FIELDS):
             text = values.get(column, "").strip()
@@ -152,6 +146,8 @@ def parse_manifest(
                     settings[column] = _convert(column, text)
                 except ValueError as error:
                     problems.append(Problem(number, column, str(error)))
+        request = {k: settings.pop(k) for k in ("seed", "videos_per_prompt") if k in settings}
+        problems += _blame(number, request_problems(prompt=prompt, negative_prompt=negative, **request), request)
         row_id = values.get("id", "").strip() or stable_id({k: v for k, v in values.items() if k in COLUMNS})
         if values.get("id", "").strip() and not ID_PATTERN.fullmatch(row_id):
             problems.append(
@@ -159,50 +155,25 @@ def parse_manifest(
             )
         elif row_id in first_row_of:
             problems.append(Problem(number, "id", f"duplicate id {row_id!r} (first at row {first_row_of[row_id]})"))
-        problems += _check_ranges(number, settings, defaults, scheduler, native_size, size_multiple)
+        params, param_problems = replace(defaults, **settings).check(model)
+        problems += _blame(number, param_problems, settings)
         if problems:
-            manifest.rejected[number] = problems
+            manifest.rejected[number] = sorted(problems, key=lambda p: _COLUMN_ORDER.get(p.column, -1))
             manifest.rejected_ids[number] = values.get("id", "").strip()
             continue
         first_row_of[row_id] = number
-        if count_tokens and count_tokens(prompt) > CLIP_TOKENS:
+        if len(model.tokenizer(prompt).input_ids) > CLIP_TOKENS:
             manifest.warnings.append(Problem(number, "prompt", f"longer than {CLIP_TOKENS} CLIP tokens; truncated"))
-        seed = settings.pop("seed", base_seed + number - 2)
-        videos = settings.pop("videos_per_prompt", 1)
-        params = _resolved(defaults, settings, scheduler, native_size, size_multiple).as_dict()
-        negative = values.get("negative_prompt", "").strip()
-        manifest.rows.append(ManifestRow(number, row_id, prompt, negative, seed, videos, params))
+        seed = request.get("seed", base_seed + number - 2)
+        videos = request.get("videos_per_prompt", 1)
+        manifest.rows.append(ManifestRow(number, row_id, prompt, negative, seed, videos, params.as_dict()))
     return manifest
 
 
-def _resolved(
-    defaults: GenerationParams, settings: dict[str, Any], scheduler: Any, native: int, multiple: int
-) -> GenerationParams:
-    return replace(defaults, **settings).resolve(scheduler, native, multiple)
+# Problems of a row are listed in this order of columns (then unknown columns and extra fields first).
+_COLUMN_ORDER = {name: order for order, name in enumerate(("id", "prompt", *OVERRIDES_IN_PARAM_ORDER))}
 
 
-def _check_ranges(
-    number: int, settings: dict[str, Any], defaults: GenerationParams, scheduler: Any, native: int, multiple: int
-) -> list[Problem]:
-    """Range problems, each attributed to its own column (the resolver stops at the first; we want all)."""
-    limits = {"frames": 1, "steps": 2, "videos_per_prompt": 1, "seed": 0, "t0": 0, "t1": 0, "guidance": 0}
-    problems = [
-        Problem(number, c, f"must be >= {low}, got {settings[c]}")
-        for c, low in limits.items()
-        if c in settings and settings[c] < low
-    ]
-    for column in ("height", "width"):
-        if column in settings and (settings[column] < multiple or settings[column] % multiple):
-            problems.append(
-                Problem(number, column, f"must be a positive multiple of {multiple}, got {settings[column]}")
-            )
-    if "fps" in settings and settings["fps"] <= 0:
-        problems.append(Problem(number, "fps", f"must be > 0, got {settings['fps']}"))
-    if not problems and ("t0" in settings or "t1" in settings or "steps" in settings):
-        steps = settings.get("steps", defaults.steps)
-        try:
-            resolve_t0_t1(scheduler, steps, settings.get("t0", defaults.t0), settings.get("t1", defaults.t1))
-        except UserError as error:
-            column = next((c for c in ("t0", "t1", "steps") if c in settings), "steps")
-            problems.append(Problem(number, column, str(error)))
-    return problems
+def _blame(number: int, problems: list[ParamProblem], given: dict[str, Any]) -> list[Problem]:
+    """Each problem under the first of its columns that the row set (defaults were checked before)."""
+    return [Problem(number, next((f for f in p.fields if f in given), p.fields[0]), p.message) for p in problems]

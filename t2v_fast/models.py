@@ -13,10 +13,11 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from .choices import DTYPE_NAMES
 from .errors import UserError
-from .presets import PRESETS, build_random_components, byte_level_tokenizer, preset_configs
+from .presets import PRESETS, build_random_components
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass
@@ -63,14 +64,8 @@ class ModelInfo:
             native_size=components.native_size,
             text_max_length=components.tokenizer.model_max_length,
             text_dim=components.text_encoder.config.hidden_size,
-            size_multiple=size_multiple(components.unet.config, components.vae.config),
+            size_multiple=components.vae_scale_factor,
         )
-
-
-def size_multiple(unet_config: Any, vae_config: Any) -> int:
-    """Pixel step of valid heights/widths: latents must survive the UNet's downsampling exactly, since the exported
-    graphs have no other path."""
-    return vae_scale_factor(vae_config) * 2 ** (len(unet_config["down_block_types"]) - 1)
 
 
 def vae_scale_factor(vae_config: Any) -> int:
@@ -80,41 +75,26 @@ def vae_scale_factor(vae_config: Any) -> int:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What validating a request needs, read from configs only (no weights): for planning a night's run."""
+    """What validating a request needs, known without loading weights: the model's size rule and schedule."""
 
     model_id: str
     native_size: int
-    size_multiple: int
+    size_multiple: int  # heights and widths are multiples of this: one latent pixel
+    min_size: int  # and at least this: two latent pixels
     scheduler: DDIMScheduler
     tokenizer: CLIPTokenizer
 
+    @classmethod
+    def from_configs(
+        cls, model_id: str, unet: Any, vae: Any, scheduler: DDIMScheduler, tokenizer: CLIPTokenizer
+    ) -> ModelSpec:
+        scale = vae_scale_factor(vae)
+        return cls(model_id, unet["sample_size"] * scale, scale, 2 * scale, scheduler, tokenizer)
 
-def describe_model(model: str) -> ModelSpec:
-    """`ModelSpec` of a preset, a diffusers folder, a hub id or an engine directory, without loading weights."""
-    from .engine_dir import EngineDir
-
-    if EngineDir.is_engine_dir(model):
-        engine_dir = EngineDir.load(model, verify_hashes=False)
-        info = engine_dir.info
-        return ModelSpec(
-            info.model_id,
-            info.native_size,
-            info.size_multiple,
-            DDIMScheduler.from_pretrained(engine_dir.path / "scheduler"),
-            CLIPTokenizer.from_pretrained(engine_dir.path / "tokenizer"),
-        )
-    if model in PRESETS:
-        configs = preset_configs(model)
-        scheduler = DDIMScheduler(**{k: v for k, v in configs["scheduler"].items() if not k.startswith("_")})
-        tokenizer = byte_level_tokenizer(configs["text_encoder"]["max_position_embeddings"])
-    else:
-        folder = _resolve_folder(model)
-        configs = {name: json.loads((folder / name / "config.json").read_text()) for name in ("unet", "vae")}
-        scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    unet, vae = configs["unet"], configs["vae"]
-    native = unet["sample_size"] * vae_scale_factor(vae)
-    return ModelSpec(model, native, size_multiple(unet, vae), scheduler, tokenizer)
+    @classmethod
+    def from_info(cls, info: ModelInfo, scheduler: DDIMScheduler, tokenizer: CLIPTokenizer) -> ModelSpec:
+        min_size = max(info.size_multiple, 2 * info.vae_scale_factor)
+        return cls(info.model_id, info.native_size, info.size_multiple, min_size, scheduler, tokenizer)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -171,7 +151,7 @@ def _download(repo_id: str) -> Path:
         raise UserError(f"cannot fetch model {repo_id!r} from the hub: {str(error).splitlines()[0]}") from None
 
 
-def _resolve_folder(model: str) -> Path:
+def resolve_folder(model: str) -> Path:
     """A local diffusers folder for `model`: the folder itself, or a hub id's snapshot."""
     folder = Path(model).expanduser()
     if not folder.exists() and HUB_ID.fullmatch(model) and not model.startswith("."):
@@ -186,7 +166,7 @@ def _resolve_folder(model: str) -> Path:
 
 
 def _load_pretrained(model: str) -> dict[str, Any]:
-    folder = _resolve_folder(model)
+    folder = resolve_folder(model)
     try:
         return {
             "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),

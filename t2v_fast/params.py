@@ -1,15 +1,38 @@
-"""Generation parameters: defaults of the reference, validation with messages that name the parameter."""
+"""Generation parameters and every rule about their values, in one place.
+
+`GenerationParams.problems(model)` collects every violation (the manifest reports them all, with row and column);
+`resolve(model)` raises them as one `UserError` or returns the parameters with every default filled in.
+`request_problems` holds the rules for what is not a generation parameter but belongs to one video request: the
+prompt, the negative prompt, the seed and the number of videos per prompt. The API, the command line, manifests and
+the flows all go through these two functions.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
-from typing import Any
-
-from diffusers import DDIMScheduler
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
-from .schedule import DEFAULT_STEPS, resolve_t0_t1
+from .schedule import DEFAULT_STEPS, MIN_STEPS, resolve_t0_t1
+
+if TYPE_CHECKING:
+    from .models import ModelSpec
+
+MAX_SEED = 2**63 - 1
+MIN_CHUNK_SIZE = 2
+
+
+@dataclass(frozen=True)
+class ParamProblem:
+    """One violated rule. `fields` are the parameters involved, the one to blame first."""
+
+    fields: tuple[str, ...]
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -28,32 +51,50 @@ class GenerationParams:
     chunk_size: int | None = None
     fps: float = 4.0
 
-    def resolve(self, scheduler: DDIMScheduler, native_size: int, size_multiple: int) -> GenerationParams:
+    def problems(self, model: ModelSpec) -> list[ParamProblem]:
+        """Every rule these parameters break for `model`, in field order; empty when they are valid."""
+        return self.check(model)[1]
+
+    def resolve(self, model: ModelSpec) -> GenerationParams:
         """Validate everything and fill every default, so the result fully describes the video."""
-        _require_int("frames", self.frames, minimum=1)
-        _require_int("steps", self.steps, minimum=2)
-        for name in ("guidance", "motion_x", "motion_y", "fps"):
-            if not isinstance(getattr(self, name), (int, float)) or not math.isfinite(getattr(self, name)):
-                raise UserError(f"{name} must be a finite number, got {getattr(self, name)!r}")
-        if self.guidance < 0:
-            raise UserError(f"guidance must be >= 0, got {self.guidance}")
-        if self.fps <= 0:
-            raise UserError(f"fps must be > 0, got {self.fps}")
-        height = native_size if self.height is None else self.height
-        width = native_size if self.width is None else self.width
-        for name, value in (("height", height), ("width", width)):
-            _require_int(name, value, minimum=size_multiple)
-            if value % size_multiple:
-                raise UserError(f"{name} must be a multiple of {size_multiple}, got {value}")
-        if self.chunk_size is not None:
-            _require_int("chunk_size", self.chunk_size, minimum=2)
+        resolved, problems = self.check(model)
+        raise_problems(problems)
+        return resolved
+
+    def check(self, model: ModelSpec) -> tuple[GenerationParams, list[ParamProblem]]:
+        """The resolved parameters and no problems, or these parameters unchanged and every problem."""
+        height = model.native_size if self.height is None else self.height
+        width = model.native_size if self.width is None else self.width
+        problems = [
+            *_integer("frames", self.frames, minimum=1),
+            *_integer("steps", self.steps, minimum=MIN_STEPS),
+            *_number("guidance", self.guidance, minimum=0.0),
+            *_size("height", height, model.size_multiple, model.min_size),
+            *_size("width", width, model.size_multiple, model.min_size),
+            *_number("motion_x", self.motion_x),
+            *_number("motion_y", self.motion_y),
+        ]
+        step_count_ok = not any("steps" in p.fields for p in problems)
         for name in ("t0", "t1"):
-            if getattr(self, name) is not None:
-                _require_int(name, getattr(self, name), minimum=0)
-        t0, t1 = resolve_t0_t1(scheduler, self.steps, self.t0, self.t1)
-        return replace(
+            value = getattr(self, name)
+            if value is not None:
+                maximum = self.steps - 1 if step_count_ok else None
+                problems += _integer(name, value, minimum=0, maximum=maximum, maximum_name="steps-1")
+        t0, t1 = self.t0, self.t1
+        if step_count_ok and not any(p.fields[0] in ("t0", "t1") for p in problems):
+            try:
+                t0, t1 = resolve_t0_t1(model.scheduler, self.steps, self.t0, self.t1)
+            except UserError as error:
+                problems.append(ParamProblem(("t0", "t1", "steps"), str(error)))
+        if self.chunk_size is not None:
+            problems += _integer("chunk_size", self.chunk_size, minimum=MIN_CHUNK_SIZE)
+        problems += _number("fps", self.fps, minimum=0.0, exclusive=True)
+        if problems:
+            return self, problems
+        resolved = replace(
             self, height=height, width=width, t0=t0, t1=t1, guidance=float(self.guidance), fps=float(self.fps)
         )
+        return resolved, []
 
     @property
     def uses_guidance(self) -> bool:
@@ -62,9 +103,68 @@ class GenerationParams:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
 
-def _require_int(name: str, value: Any, minimum: int) -> None:
+
+def raise_problems(problems: Sequence[ParamProblem], where: str = "") -> None:
+    """One `UserError` naming every problem (each once), prefixed by `where`; nothing when there are none."""
+    if problems:
+        raise UserError(where + "; ".join(dict.fromkeys(str(p) for p in problems)))
+
+
+_NOT_GIVEN: Any = object()
+
+
+def request_problems(
+    *,
+    prompt: Any = _NOT_GIVEN,
+    negative_prompt: Any = _NOT_GIVEN,
+    seed: Any = _NOT_GIVEN,
+    videos_per_prompt: Any = _NOT_GIVEN,
+) -> list[ParamProblem]:
+    """Rules for a request's own values (those given): a prompt with text in it, a string negative prompt, a seed in
+    [0, 2**63-1], at least one video per prompt."""
+    problems = []
+    if prompt is not _NOT_GIVEN:
+        if not isinstance(prompt, str):
+            problems.append(ParamProblem(("prompt",), f"prompt must be a string, got {type(prompt).__name__}"))
+        elif not prompt.strip():
+            problems.append(ParamProblem(("prompt",), "missing prompt"))
+    if negative_prompt is not _NOT_GIVEN and not isinstance(negative_prompt, str):
+        kind = type(negative_prompt).__name__
+        problems.append(ParamProblem(("negative_prompt",), f"negative_prompt must be a string, got {kind}"))
+    if seed is not _NOT_GIVEN:
+        problems += _integer("seed", seed, minimum=0, maximum=MAX_SEED)
+    if videos_per_prompt is not _NOT_GIVEN:
+        problems += _integer("videos_per_prompt", videos_per_prompt, minimum=1)
+    return problems
+
+
+def _integer(
+    name: str, value: Any, minimum: int, maximum: int | None = None, maximum_name: str | None = None
+) -> list[ParamProblem]:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{name} must be an integer, got {value!r}")
+        return [ParamProblem((name,), f"{name} must be an integer, got {value!r}")]
+    if maximum is not None and not minimum <= value <= maximum:
+        bound = f"{maximum_name} = {maximum}" if maximum_name else str(maximum)
+        return [ParamProblem((name,), f"{name} must be in [{minimum}, {bound}], got {value}")]
     if value < minimum:
-        raise UserError(f"{name} must be >= {minimum}, got {value}")
+        return [ParamProblem((name,), f"{name} must be >= {minimum}, got {value}")]
+    return []
+
+
+def _number(name: str, value: Any, minimum: float | None = None, exclusive: bool = False) -> list[ParamProblem]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return [ParamProblem((name,), f"{name} must be a finite number, got {value!r}")]
+    if minimum is not None and (value <= minimum if exclusive else value < minimum):
+        return [ParamProblem((name,), f"{name} must be {'>' if exclusive else '>='} {minimum:g}, got {value}")]
+    return []
+
+
+def _size(name: str, value: Any, multiple: int, minimum: int) -> list[ParamProblem]:
+    problems = _integer(name, value, minimum=minimum)
+    if not problems and value % multiple:
+        problems = [ParamProblem((name,), f"{name} must be a multiple of {multiple}, got {value}")]
+    return problems

@@ -26,19 +26,19 @@ from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 from transformers import CLIPTokenizer
 
-from . import __version__
-from .engine_dir import EngineDir
+from . import qc
+from ._version import __version__
 from .errors import NumericalError, UserError
-from .models import dtype_name, load_components
+from .models import ModelSpec, dtype_name
 from .motion import forward_diffuse, warp_latents
-from .params import GenerationParams
-from .runtime import BACKENDS, ModelBackend, OnnxRuntimeBackend, TorchBackend
+from .networks import DECODE_BATCH_SIZE
+from .params import GenerationParams, raise_problems, request_problems
+from .runtime import ModelBackend
 from .schedule import StepPlan
 from .video import Video
 
 logger = logging.getLogger("t2v_fast")
-
-MAX_SEED = 2**63 - 1
+DEFAULTS = GenerationParams()
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,9 @@ def expand_requests(
     So video k of a batch equals generating its prompt alone with `seed + k`.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
+    if not prompts:
         raise UserError("prompt must be a string or a non-empty list of strings")
-    if isinstance(videos_per_prompt, bool) or not isinstance(videos_per_prompt, int) or videos_per_prompt < 1:
-        raise UserError(f"videos_per_prompt must be an integer >= 1, got {videos_per_prompt!r}")
+    raise_problems(request_problems(videos_per_prompt=videos_per_prompt))
     if negative_prompt is None or isinstance(negative_prompt, str):
         negatives = [negative_prompt or ""] * len(prompts)
     else:
@@ -97,26 +96,32 @@ def expand_requests(
     count = len(prompts) * videos_per_prompt
     if seed is None:
         seed = secrets.randbelow(2**31)
-    seeds = [seed + k for k in range(count)] if isinstance(seed, int) else list(seed)
+    seeds = [seed + k for k in range(count)] if isinstance(seed, int) and not isinstance(seed, bool) else list(seed)
     if len(seeds) != count:
         raise UserError(f"got {len(seeds)} seeds for {count} videos")
-    for value in seeds:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-            raise UserError(f"seed must be an integer in [0, {MAX_SEED}], got {value!r}")
+    problems = [p for text in prompts for p in request_problems(prompt=text)]
+    problems += [p for text in negatives for p in request_problems(negative_prompt=text)]
+    problems += [p for value in seeds for p in request_problems(seed=value)]
+    raise_problems(problems)
     pairs = [(p, n) for p, n in zip(prompts, negatives, strict=True) for _ in range(videos_per_prompt)]
     return [VideoRequest(p, n, s) for (p, n), s in zip(pairs, seeds, strict=True)]
 
 
 class TextToVideoZeroPipeline:
-    """Text2Video-Zero over any backend. Call `generate`."""
+    """Text2Video-Zero over any backend. Call `generate` (a list of videos) or `generate_video` (one)."""
 
     def __init__(
-        self, tokenizer: CLIPTokenizer, scheduler: DDIMScheduler, backend: ModelBackend, decode_batch_size: int = 8
+        self,
+        tokenizer: CLIPTokenizer,
+        scheduler: DDIMScheduler,
+        backend: ModelBackend,
+        decode_batch_size: int = DECODE_BATCH_SIZE,
     ):
         self.tokenizer = tokenizer
         self.scheduler = DDIMScheduler.from_config(scheduler.config)
         self.backend = backend
         self.decode_batch_size = decode_batch_size
+        self.spec = ModelSpec.from_info(backend.info, self.scheduler, tokenizer)
 
     def generate(
         self,
@@ -125,21 +130,31 @@ class TextToVideoZeroPipeline:
         negative_prompt: str | Sequence[str] | None = None,
         seed: int | Sequence[int] | None = None,
         videos_per_prompt: int = 1,
+        frames: int = DEFAULTS.frames,
+        steps: int = DEFAULTS.steps,
+        guidance: float = DEFAULTS.guidance,
+        height: int | None = None,
+        width: int | None = None,
+        motion_x: float = DEFAULTS.motion_x,
+        motion_y: float = DEFAULTS.motion_y,
+        t0: int | None = None,
+        t1: int | None = None,
+        chunk_size: int | None = None,
+        fps: float = DEFAULTS.fps,
         progress: bool = True,
-        **params: Any,
-    ) -> Video | list[Video]:
-        """Generate one video per prompt and seed; a single `Video` for one, a list for several.
+    ) -> list[Video]:
+        """Generate `videos_per_prompt` videos per prompt, prompt-major; always a list.
 
-        `params` are the fields of `GenerationParams`: frames, steps, guidance, height, width, motion_x, motion_y,
-        t0, t1, chunk_size, fps.
+        `negative_prompt`: one for all prompts or one per prompt. `seed`: video k gets `seed + k` (random when None),
+        or a list with one seed per video. `frames` per video, DDIM `steps`, classifier-free `guidance` (<= 1: off),
+        `height`/`width` in pixels (default: the model's native size; multiples of its VAE scale, 8), `motion_x`/
+        `motion_y` translation per frame in 1/512 of the frame, `t0`/`t1` steps counted from the end (default: the
+        reference's 44/47 of 50, scaled), `chunk_size` frames per UNet pass for long videos, `fps` of the MP4.
         """
         started = time.perf_counter()
-        info = self.backend.info
-        try:
-            settings = GenerationParams(**params)
-        except TypeError as error:
-            raise UserError(str(error).replace("GenerationParams.__init__()", "generate()")) from None
-        settings = settings.resolve(self.scheduler, info.native_size, info.size_multiple)
+        settings = GenerationParams(
+            frames, steps, guidance, height, width, motion_x, motion_y, t0, t1, chunk_size, fps
+        ).resolve(self.spec)
         requests = expand_requests(prompt, negative_prompt, seed, videos_per_prompt)
         timings = {"encode_text_s": 0.0, "denoise_s": 0.0, "decode_s": 0.0}
 
@@ -148,11 +163,16 @@ class TextToVideoZeroPipeline:
         frames = self.render(requests, settings, text_embeddings, timings, progress)
         timings["total_s"] = time.perf_counter() - started
 
-        videos = [
-            Video(frames=frames[i], metadata=self._metadata(request, settings, timings, len(requests)))
+        return [
+            Video(frames=frames[i], metadata=self._metadata(request, settings, timings, len(requests), frames[i]))
             for i, request in enumerate(requests)
         ]
-        return videos[0] if len(videos) == 1 else videos
+
+    def generate_video(self, prompt: str, **options: Any) -> Video:
+        """One video of one prompt: `generate`'s keyword arguments, except `videos_per_prompt`."""
+        if not isinstance(prompt, str) or options.get("videos_per_prompt", 1) != 1:
+            raise UserError("generate_video makes one video of one prompt; use generate for several")
+        return self.generate(prompt, **options)[0]
 
     def encode_prompts(self, requests: Sequence[VideoRequest], guidance: bool) -> torch.Tensor:
         """Per-video text embeddings; with guidance, `[negatives..., prompts...]` as the UNet batch expects."""
@@ -265,7 +285,12 @@ class TextToVideoZeroPipeline:
         return frames
 
     def _metadata(
-        self, request: VideoRequest, settings: GenerationParams, timings: dict[str, float], batch: int
+        self,
+        request: VideoRequest,
+        settings: GenerationParams,
+        timings: dict[str, float],
+        batch: int,
+        frames: np.ndarray,
     ) -> dict[str, Any]:
         info = self.backend.info
         return {
@@ -275,9 +300,10 @@ class TextToVideoZeroPipeline:
             "params": settings.as_dict(),
             "model": {"id": info.model_id, "weights_sha256": info.weights_sha256},
             "backend": self.backend.name,
-            "device": str(self.backend.device),
+            **self.backend.placement,
             "dtype": dtype_name(self.backend.dtype),
             "timings": {**{k: round(v, 4) for k, v in timings.items()}, "videos_in_batch": batch},
+            "qc": qc.measure(frames),
             "t2v_fast_version": __version__,
         }
 
@@ -297,47 +323,3 @@ def _timed(timings: dict[str, float], key: str):
         yield
     finally:
         timings[key] += time.perf_counter() - started
-
-
-def load_pipeline(
-    model: str,
-    backend: str = "torch",
-    device: str | None = None,
-    dtype: str | None = None,
-    decode_batch_size: int = 8,
-    providers: list[str] | None = None,
-    compile_unet: bool = False,
-) -> TextToVideoZeroPipeline:
-    """A pipeline on `backend` for a model (preset, diffusers folder, hub id) or an engine directory.
-
-    `torch` takes either (for an engine directory, the model it was exported from); `onnxruntime` and `tensorrt` run
-    the exported graphs or built engines of an engine directory. `providers` selects ONNX Runtime execution providers;
-    `compile_unet` runs the torch backend's UNet through `torch.compile`.
-    """
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    if backend == "torch":
-        if EngineDir.is_engine_dir(model):
-            model = EngineDir.load(model, verify_hashes=False).source["model_id"]
-        components = load_components(model, device=device, dtype=dtype)
-        return TextToVideoZeroPipeline(
-            components.tokenizer,
-            components.scheduler,
-            TorchBackend(components, compile_unet=compile_unet),
-            decode_batch_size=decode_batch_size,
-        )
-    if not EngineDir.is_engine_dir(model):
-        raise UserError(
-            f"backend {backend!r} runs an engine directory, and {model!r} is not one (no engine.json);"
-            f" create one with: t2v-fast export MODEL --out DIR"
-        )
-    engine_dir = EngineDir.load(model)
-    if backend == "onnxruntime":
-        runner = OnnxRuntimeBackend(engine_dir, providers=providers)
-    else:
-        from .tensorrt_backend import TensorRTBackend
-
-        runner = TensorRTBackend(engine_dir, device=device)
-    tokenizer = CLIPTokenizer.from_pretrained(engine_dir.path / "tokenizer")
-    scheduler = DDIMScheduler.from_pretrained(engine_dir.path / "scheduler")
-    return TextToVideoZeroPipeline(tokenizer, scheduler, runner, decode_batch_size=decode_batch_size)

@@ -1,6 +1,6 @@
 """Random-weight model presets built from configs.
 
-No weights can be downloaded where we develop and test, so every component can also be built from its config with
+Weights cannot always be downloaded (offline machines, CI), so every component can also be built from its config with
 deterministic random weights. The architecture, shapes and cost are those of the real model; only the values differ.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
-
-import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # imported where used: the command line lists the presets without loading torch
+    import torch
+    from transformers import CLIPTokenizer
 
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "unet": {
@@ -117,9 +117,10 @@ def preset_configs(name: str) -> dict[str, dict[str, Any]]:
 def byte_level_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     """A CLIP tokenizer whose vocabulary is the 256 byte symbols, each alone or ending a word, and no merges.
 
-    The real CLIP vocabulary cannot be downloaded here; this one tokenizes any text the same way CLIP's BPE would before
+    The real CLIP vocabulary is not always at hand; this one tokenizes any text the same way CLIP's BPE would before
     merges, so ids stay below 514 and fit every CLIP text encoder's embedding table.
     """
+    from transformers import CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     symbols = list(bytes_to_unicode().values())
@@ -130,25 +131,31 @@ def byte_level_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
-def _strip_meta(config: dict[str, Any]) -> dict[str, Any]:
+def strip_meta(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_") and k != "model_type"}
 
 
 def build_networks(configs: dict[str, dict[str, Any]]) -> dict[str, torch.nn.Module]:
     """Text encoder, UNet and VAE from their configs, initialised by the current torch RNG (and device context)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     return {
-        "text_encoder": CLIPTextModel(CLIPTextConfig(**_strip_meta(configs["text_encoder"]))),
-        "unet": UNet2DConditionModel(**_strip_meta(configs["unet"])),
-        "vae": AutoencoderKL(**_strip_meta(configs["vae"])),
+        "text_encoder": CLIPTextModel(CLIPTextConfig(**strip_meta(configs["text_encoder"]))),
+        "unet": UNet2DConditionModel(**strip_meta(configs["unet"])),
+        "vae": AutoencoderKL(**strip_meta(configs["vae"])),
     }
 
 
 def build_random_components(name: str, seed: int = 0) -> dict[str, Any]:
     """Build tokenizer, text encoder, UNet, VAE and DDIM scheduler of a preset with weights fixed by `seed`."""
+    import torch
+    from diffusers import DDIMScheduler
+
     configs = preset_configs(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         networks = build_networks(configs)
     tokenizer = byte_level_tokenizer(configs["text_encoder"]["max_position_embeddings"])
-    scheduler = DDIMScheduler(**_strip_meta(configs["scheduler"]))
+    scheduler = DDIMScheduler(**strip_meta(configs["scheduler"]))
     return {"tokenizer": tokenizer, "scheduler": scheduler, **networks}

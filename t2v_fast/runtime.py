@@ -6,39 +6,16 @@ owns the three networks and runs them: encode text, predict noise, decode latent
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
 import torch
-from torch import nn
 
 from .attention_plugin import VideoUNet
 from .engine_dir import EngineDir
 from .errors import UserError
 from .models import ModelComponents, ModelInfo
-
-
-class TextEncoder(nn.Module):
-    """CLIP text encoder returning only the last hidden state, the one output the UNet consumes.
-
-    The torch backend runs this module and `t2v-fast export` exports it, so both compute the same thing."""
-
-    def __init__(self, text_encoder: nn.Module):
-        super().__init__()
-        self.text_encoder = text_encoder
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(input_ids, return_dict=False)[0]
-
-
-class VaeDecoder(nn.Module):
-    """VAE decoder taking the denoiser's latents, so the scaling factor is part of the exported graph too."""
-
-    def __init__(self, vae: nn.Module):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+from .networks import NETWORKS, TextEncoder, VaeDecoder
 
 
 class ModelBackend(Protocol):
@@ -46,8 +23,12 @@ class ModelBackend(Protocol):
 
     name: str
     info: ModelInfo
-    device: torch.device
+    device: torch.device  # where the pipeline keeps the tensors it passes in and gets back
     dtype: torch.dtype
+
+    @property
+    def placement(self) -> dict[str, Any]:
+        """Where the networks really run, for the sidecar: at least `device`, and e.g. execution providers."""
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token ids `(n, tokens)` -> text embeddings `(n, tokens, dim)`."""
@@ -59,6 +40,20 @@ class ModelBackend(Protocol):
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Denoised latents `(n, C, h, w)` -> images `(n, 3, H, W)` in [-1, 1]."""
+
+
+class DeviceScalars:
+    """Integer scalars (timesteps) copied to the device once each, so the denoising loop never waits on a copy."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def get(self, value: torch.Tensor) -> torch.Tensor:
+        key = int(value)
+        if key not in self.cache:
+            self.cache[key] = torch.tensor(key, dtype=torch.int64, device=self.device)
+        return self.cache[key]
 
 
 class TorchBackend:
@@ -78,11 +73,16 @@ class TorchBackend:
         if channels_last if channels_last is not None else self.device.type == "cuda":
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
+        self.timesteps = DeviceScalars(self.device)
         self.run_unet = self.unet
         if compile_unet:
             # On GPU, CUDA graphs remove the per-kernel launch cost; autotuning would cost minutes per shape.
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
             self.run_unet = torch.compile(self.unet, mode=mode, dynamic=False)
+
+    @property
+    def placement(self) -> dict[str, Any]:
+        return {"device": str(self.device)}
 
     @torch.inference_mode()
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -92,7 +92,7 @@ class TorchBackend:
     def predict_noise(
         self, sample: torch.Tensor, timestep: torch.Tensor, text_embeddings: torch.Tensor
     ) -> torch.Tensor:
-        return self.run_unet(sample, timestep.to(self.device), text_embeddings)
+        return self.run_unet(sample, self.timesteps.get(timestep), text_embeddings)
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -117,28 +117,132 @@ def onnxruntime_providers(requested: list[str] | None = None) -> list[str]:
     return [p for p in ORT_PROVIDER_PREFERENCE if p in available]
 
 
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
+
+
+def provider_options(engine_dir: EngineDir, component: str, provider: str, device_id: int) -> dict[str, str]:
+    """Options of one execution provider for one component's session.
+
+    TensorRT: the precision of the export, engines and timing cache kept in the engine folder (built once, not per
+    process), and the component's profile (frames 1 included) from `t2v_fast.tensorrt_backend.default_ranges`.
+    """
+    if provider == "CUDAExecutionProvider":
+        return {"device_id": str(device_id)}
+    if provider != "TensorrtExecutionProvider":
+        return {}
+    from .tensorrt_backend import default_ranges
+
+    cache = engine_dir.path / "onnxruntime-trt-cache"
+    profile = default_ranges(engine_dir, static=False).profiles(engine_dir.info)[component][0]
+    shapes = [
+        ",".join(f"{name}:{'x'.join(map(str, limits[point]))}" for name, limits in profile.items() if limits[point])
+        for point in range(3)
+    ]
+    return {
+        "device_id": str(device_id),
+        "trt_fp16_enable": str(engine_dir.export_settings.dtype == "fp16"),
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache),
+        "trt_profile_min_shapes": shapes[0],
+        "trt_profile_opt_shapes": shapes[1],
+        "trt_profile_max_shapes": shapes[2],
+    }
+
+
 class OnnxRuntimeBackend:
-    """Runs the exported ONNX graphs with ONNX Runtime; tensors cross as NumPy arrays on the host."""
+    """Runs the exported ONNX graphs with ONNX Runtime, tensors bound in place (IOBinding) on the provider's device.
+
+    On a GPU provider the pipeline's tensors stay on the GPU: inputs and outputs are torch CUDA tensors bound by
+    address, never copied through host memory. With `cuda_graph` (CUDA provider), each UNet shape is captured once
+    into a CUDA graph (ONNX Runtime's `gpu_graph_id`) over buffers that stay bound, and replayed.
+    """
 
     name = "onnxruntime"
 
-    def __init__(self, engine_dir: EngineDir, providers: list[str] | None = None):
+    def __init__(
+        self,
+        engine_dir: EngineDir,
+        providers: list[str] | None = None,
+        device: str | None = None,
+        cuda_graph: bool = False,
+    ):
         import onnxruntime as ort
 
         self.info = engine_dir.info
-        self.providers = onnxruntime_providers(providers)
-        self.dtype = {"float32": torch.float32, "float16": torch.float16}[_input_dtype(engine_dir, "unet", "sample")]
-        self.device = torch.device("cpu")
+        requested = onnxruntime_providers(providers)
+        on_gpu = requested[0] in GPU_PROVIDERS
+        self.device = torch.device(device or ("cuda" if on_gpu else "cpu"))
+        if on_gpu != (self.device.type == "cuda"):
+            raise UserError(f"device {self.device} does not match the execution provider {requested[0]}")
+        device_id = (self.device.index or 0) if on_gpu else 0
+        self.dtype = {"float32": torch.float32, "float16": torch.float16}[
+            engine_dir.component("unet").input_dtype("sample")
+        ]
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.sessions = {
-            name: ort.InferenceSession(str(engine_dir.onnx_path(name)), options, providers=self.providers)
-            for name in ("text_encoder", "unet", "vae_decoder")
-        }
+        if cuda_graph and requested[0] != "CUDAExecutionProvider":
+            raise UserError(f"CUDA graphs need ONNX Runtime's CUDAExecutionProvider first, not {requested[0]}")
+        self.cuda_graph = cuda_graph
+        self.sessions = {}
+        for name in NETWORKS:
+            chosen = [(p, provider_options(engine_dir, name, p, device_id)) for p in requested]
+            if name == "unet" and self.cuda_graph:
+                chosen[0][1]["enable_cuda_graph"] = "1"
+            self.sessions[name] = ort.InferenceSession(str(engine_dir.onnx_path(name)), options, providers=chosen)
+        self.timesteps = DeviceScalars(self.device)
+        # UNet shape -> (graph id, binding, input buffers, output buffer), for `cuda_graph`
+        self.graphs: dict[tuple, tuple[int, Any, dict[str, torch.Tensor], torch.Tensor]] = {}
 
-    def _run(self, name: str, **inputs: torch.Tensor) -> torch.Tensor:
-        feeds = {key: value.detach().cpu().numpy() for key, value in inputs.items()}
-        return torch.from_numpy(self.sessions[name].run(None, feeds)[0])
+    @property
+    def placement(self) -> dict[str, Any]:
+        providers = self.sessions["unet"].get_providers()  # what the session really took, after any fallback
+        return {"device": str(self.device), "providers": providers}
+
+    def _bind(self, binding: Any, name: str, tensor: torch.Tensor, output: bool = False) -> None:
+        device = self.device.type if self.device.type == "cpu" else "cuda"
+        arguments = (name, device, self.device.index or 0, NUMPY_DTYPES[tensor.dtype], tuple(tensor.shape))
+        (binding.bind_output if output else binding.bind_input)(*arguments, tensor.data_ptr())
+
+    def _bound(
+        self, component: str, inputs: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]
+    ) -> tuple[Any, torch.Tensor]:
+        """A binding of `inputs` in place and of a new output tensor of the shape the network table gives."""
+        network = NETWORKS[component]
+        binding = self.sessions[component].io_binding()
+        for name, tensor in inputs.items():
+            self._bind(binding, name, tensor)
+        output = torch.empty(network.output_shape(shapes, self.info), dtype=self.dtype, device=self.device)
+        self._bind(binding, network.output.name, output, output=True)
+        return binding, output
+
+    def _run(self, component: str, **inputs: torch.Tensor) -> torch.Tensor:
+        inputs = {name: tensor.to(self.device).contiguous() for name, tensor in inputs.items()}
+        shapes = {name: tuple(tensor.shape) for name, tensor in inputs.items()}
+        if component == "unet" and self.cuda_graph:
+            return self._replay(shapes, inputs)
+        binding, output = self._bound(component, inputs, shapes)
+        self.sessions[component].run_with_iobinding(binding)
+        return output
+
+    def _replay(self, shapes: dict[str, tuple[int, ...]], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One CUDA graph per UNet shape: the first run at a shape captures it, later runs copy inputs and replay."""
+        import onnxruntime as ort
+
+        key = tuple(sorted(shapes.items()))
+        if key not in self.graphs:
+            buffers = {name: torch.empty_like(tensor) for name, tensor in inputs.items()}
+            binding, output = self._bound("unet", buffers, shapes)
+            self.graphs[key] = (len(self.graphs) + 1, binding, buffers, output)
+        graph_id, binding, buffers, output = self.graphs[key]
+        for name, tensor in inputs.items():
+            buffers[name].copy_(tensor)
+        run_options = ort.RunOptions()
+        run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        self.sessions["unet"].run_with_iobinding(binding, run_options)
+        return output.clone()
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self._run("text_encoder", input_ids=input_ids.long())
@@ -146,15 +250,8 @@ class OnnxRuntimeBackend:
     def predict_noise(
         self, sample: torch.Tensor, timestep: torch.Tensor, text_embeddings: torch.Tensor
     ) -> torch.Tensor:
-        return self._run("unet", sample=sample, timestep=timestep.long(), encoder_hidden_states=text_embeddings)
+        timestep = self.timesteps.get(timestep)
+        return self._run("unet", sample=sample, timestep=timestep, encoder_hidden_states=text_embeddings)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self._run("vae_decoder", latents=latents)
-
-
-def _input_dtype(engine_dir: EngineDir, component: str, name: str) -> str:
-    inputs = engine_dir.manifest["components"][component]["inputs"]
-    return next(entry["dtype"] for entry in inputs if entry["name"] == name)
-
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt")

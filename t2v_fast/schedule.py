@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-
-import torch
-from diffusers import DDIMScheduler
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # imported where used, so that the command line's argument parsing stays light
+    import torch
+    from diffusers import DDIMScheduler
 
 DEFAULT_STEPS = 50
 DEFAULT_T0 = 44
@@ -28,11 +30,15 @@ MIN_STEPS = 2
 
 def timesteps_for(scheduler: DDIMScheduler, steps: int) -> torch.Tensor:
     """The scheduler's timesteps for `steps` steps (cached: validating a manifest asks for them for every row)."""
+    import torch
+
     return torch.tensor(_timesteps(json.dumps(dict(scheduler.config), sort_keys=True, default=str), steps))
 
 
 @lru_cache(maxsize=256)
 def _timesteps(config: str, steps: int) -> tuple[int, ...]:
+    from diffusers import DDIMScheduler
+
     probe = DDIMScheduler.from_config(json.loads(config))
     probe.set_timesteps(steps)
     return tuple(int(t) for t in probe.timesteps)

@@ -1,4 +1,4 @@
-"""A real Prefect deployment on localhost for tests: server (SQLite, temporary home), work pool, workers.
+"""A real Prefect deployment on localhost for tests: server (SQLite or PostgreSQL), work pool, workers.
 
 Everything listens on 127.0.0.1 only, and every process is stopped when the cluster is closed.
 """
@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -26,7 +29,7 @@ def free_port() -> int:
 
 
 class PrefectCluster:
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, database_url: str | None = None):
         self.home = home
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
@@ -38,6 +41,7 @@ class PrefectCluster:
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
             "PREFECT_LOGGING_LEVEL": "INFO",
+            **({"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}),
         }
         self.processes: list[subprocess.Popen] = []
         self.logs = home / "logs"
@@ -98,7 +102,8 @@ from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 with get_client(sync_client=True) as client:
     runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[{flow_name!r}])))
     print(json.dumps([{{"id": str(r.id), "name": r.name, "state": r.state_type.value, "labels": dict(r.labels),
-                       "parameters": r.parameters, "pid": r.infrastructure_pid}} for r in runs], default=str))
+                       "parameters": r.parameters, "pid": r.infrastructure_pid, "created": r.created.timestamp(),
+                       "message": r.state.message if r.state else None}} for r in runs], default=str))
 """
         return json.loads(self.python(code).strip().splitlines()[-1])
 
@@ -111,3 +116,67 @@ with get_client(sync_client=True) as client:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+def postgres_binaries() -> Path | None:
+    """The folder of Debian's PostgreSQL server programs (initdb, pg_ctl), if the package is installed."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return candidates[-1].parent if candidates else None
+
+
+class PostgresServer:
+    """A real PostgreSQL server for one test session: temporary data directory, 127.0.0.1 only, trust auth.
+
+    Run as the `postgres` user when the tests run as root (the server refuses to run as root)."""
+
+    def __init__(self):
+        self.bin = postgres_binaries()
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="t2v-pg-"))
+        self.data = self.root / "data"
+        self.as_owner: list[str] = []
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/prefect"
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run([*self.as_owner, *args], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+
+    def start(self) -> None:
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c max_connections=200"
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-o", options, "-w", "start"
+        )
+        self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c", "CREATE DATABASE prefect")
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.as_owner, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found

@@ -1,16 +1,18 @@
 """Rendering rows without Prefect: batching, failure isolation, retries, and what counts as already done."""
 
+import errno
 import json
+import os
 
 import pytest
 
 import t2v_fast.video as video_module
 from t2v_fast.batch import batch_groups, is_done, render_rows
+from t2v_fast.loading import describe_model
 from t2v_fast.manifest import ManifestRow
-from t2v_fast.models import describe_model
 from t2v_fast.params import GenerationParams
 
-PARAMS = GenerationParams(frames=2, steps=3).resolve(describe_model("tiny-random").scheduler, 64, 16).as_dict()
+PARAMS = GenerationParams(frames=2, steps=3).resolve(describe_model("tiny-random")).as_dict()
 
 
 def row(number: int, prompt: str, seed: int = 0, videos: int = 1, **params) -> ManifestRow:
@@ -57,6 +59,27 @@ def test_transient_errors_are_retried(pipeline, tmp_path, monkeypatch):
     assert (result.status, result.attempts) == ("done", 2)
 
 
+@pytest.mark.parametrize(
+    ("code", "attempts"), [(errno.ENOSPC, 3), (errno.EROFS, 1)], ids=["disk full: retried", "read-only: not retried"]
+)
+def test_an_unwritable_output_fails_clearly_leaves_nothing_partial_and_renders_next_time(
+    pipeline, tmp_path, monkeypatch, code, attempts
+):
+    def full(frames, path, fps):
+        path.write_bytes(b"half an mp4")  # the writer got part-way, as on a disk that fills up
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(video_module, "write_mp4", full)
+    [result] = render_rows(pipeline, [row(2, "a")], tmp_path, retries=2, backoff_seconds=0)
+    assert (result.status, result.attempts) == ("failed", attempts)
+    assert f"cannot write {tmp_path / 'r2.mp4'}: {os.strerror(code)}" in result.reason
+    assert list(tmp_path.iterdir()) == [], "no partial or temporary file"
+
+    monkeypatch.undo()  # space freed / share writable again: the next night renders the row
+    [result] = render_rows(pipeline, [row(2, "a")], tmp_path)
+    assert result.status == "done" and is_done(tmp_path, row(2, "a"), pipeline.backend.info.model_id)
+
+
 def test_nan_guard_failures_are_not_retried(tmp_path, tiny_folder):
     import torch
 
@@ -94,3 +117,16 @@ def test_output_names(pipeline, tmp_path, videos):
     [result] = render_rows(pipeline, [row(7, "a", videos=videos)], tmp_path)
     expected = ["r7.mp4"] if videos == 1 else [f"r7-{k}.mp4" for k in range(videos)]
     assert [p.rsplit("/", 1)[1] for p in result.outputs] == expected
+
+
+def test_qc_verdicts_follow_the_thresholds_and_reach_results_csv(pipeline, tmp_path):
+    from t2v_fast.batch import write_reports
+    from t2v_fast.manifest import Manifest
+    from t2v_fast.qc import QcThresholds
+
+    [ok] = render_rows(pipeline, [row(2, "a")], tmp_path / "ok")
+    [frozen] = render_rows(pipeline, [row(2, "a")], tmp_path / "strict", qc_thresholds=QcThresholds(frozen_mad=1e9))
+    assert (ok.qc, frozen.qc) == ("ok", "frozen")
+    write_reports(tmp_path / "strict", Manifest(rows=[], rejected={}), [frozen])
+    lines = (tmp_path / "strict" / "results.csv").read_text().splitlines()
+    assert lines[0].endswith(",qc") and lines[1].endswith(",frozen")

@@ -19,7 +19,7 @@ def test_batch_of_prompts_equals_videos_one_by_one(pipeline):
     assert [v.metadata["seed"] for v in batch] == [100, 101, 102, 103, 104, 105]
     assert [v.metadata["prompt"] for v in batch] == [p for p in prompts for _ in range(2)]
     for k, video in enumerate(batch):
-        alone = pipeline.generate(prompts[k // 2], seed=100 + k, negative_prompt="ugly", **SMALL)
+        alone = pipeline.generate_video(prompts[k // 2], seed=100 + k, negative_prompt="ugly", **SMALL)
         assert max_pixel_diff(video.frames, alone.frames) <= TOLERANCE, f"video {k}"
     assert max_pixel_diff(batch[0].frames, batch[1].frames) > 20, "videos of one prompt must differ"
 
@@ -29,6 +29,21 @@ def test_explicit_seed_list_and_negative_prompt_list(pipeline):
     assert [(v.metadata["seed"], v.metadata["negative_prompt"]) for v in videos] == [(5, "x"), (9, "y")]
     with pytest.raises(UserError, match="2 seeds for 4 videos"):
         pipeline.generate(["a", "b"], seed=[5, 9], videos_per_prompt=2, **SMALL)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (dict(prompt="  "), "missing prompt"),
+        (dict(prompt=["a cat", ""]), "missing prompt"),
+        (dict(prompt="a cat", negative_prompt=["x", 3]), "got 2 negative prompts for 1 prompts"),
+        (dict(prompt=["a", "b"], negative_prompt=["x", 3]), "negative_prompt must be a string, got int"),
+        (dict(prompt="a cat", seed=2**63), r"seed must be in \[0, 9223372036854775807\]"),
+    ],
+)
+def test_bad_requests_are_user_errors(arguments, message):
+    with pytest.raises(UserError, match=message):
+        expand_requests(arguments["prompt"], arguments.get("negative_prompt"), arguments.get("seed", 0), 1)
 
 
 def test_seed_rule():
@@ -66,7 +81,7 @@ def test_chunked_video_equals_reference_chunk_by_chunk(pipeline, reference):
         result.append(output.images[1:])
     expected = (np.concatenate(result) * 255).round().astype(np.uint8)
 
-    ours = pipeline.generate(
+    ours = pipeline.generate_video(
         prompt, frames=24, chunk_size=8, seed=seed, height=64, width=64, steps=10, t0=6, t1=8, progress=False
     )
     assert ours.frames.shape == (24, 64, 64, 3)

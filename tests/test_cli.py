@@ -65,7 +65,8 @@ def test_videos_per_prompt_writes_numbered_files(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--height", "56"], "height must be a multiple of 16, got 56"),
+        (["--height", "60"], "height must be a multiple of 8, got 60"),
+        (["--width", "8"], "width must be >= 16, got 8"),
         (["--model", "./no-such-folder"], "'./no-such-folder' is not a preset"),
         (["--steps", "10", "--t0", "9", "--t1", "5"], "0 <= t0 < t1 < steps"),
         (["--chunk-size", "1"], "chunk_size must be >= 2"),
@@ -94,3 +95,18 @@ def test_model_save_refuses_non_empty_folder(tmp_path):
     result = run_cli("model", "save", "tiny-random", str(tmp_path))
     assert result.returncode == 2 and "not empty" in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("prompt", ["", "   "], ids=["empty", "blank"])
+def test_empty_or_blank_prompt_exits_2_before_loading(tmp_path, prompt):
+    result = run_cli("generate", prompt, "--out", str(tmp_path / "x.mp4"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "t2v-fast: error: missing prompt"
+    assert not list(tmp_path.iterdir())
+
+
+def test_loading_is_announced(tmp_path):
+    out = tmp_path / "v.mp4"
+    result = run_cli("generate", "a dog", "--out", str(out), "--frames", "2", "--steps", "2", "--seed", "0")
+    assert result.returncode == 0, result.stderr
+    assert "t2v-fast: loading tiny-random (torch backend) ... done in" in result.stderr

@@ -1,6 +1,7 @@
 """Real parts: `prefect server start` (SQLite, temporary home, free loopback port), pool `gpu`, our deployments,
 an orchestration worker and two GPU workers, all on localhost; then a crash of a shard mid-run and a second night."""
 
+import collections
 import csv
 import json
 import os
@@ -8,27 +9,37 @@ import signal
 import time
 
 import pytest
-from prefect_cluster import BIN, PrefectCluster
+from prefect_cluster import BIN, PostgresServer, PrefectCluster, descendants, postgres_binaries
 from test_video_output import read_mp4
+
+pytestmark = pytest.mark.integration
 
 ROWS = [f"shot-{k:02d},a scene number {k},{k}" for k in range(7)]
 MANIFEST = "id,prompt,seed\n" + "\n".join(ROWS) + "\n,,\nbroken,a bird,x\n"
 VALID = [row.split(",")[0] for row in ROWS]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    cluster = PrefectCluster(tmp_path_factory.mktemp("prefect"))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def cluster(request, tmp_path_factory):
+    """The whole cluster on a Prefect server backed by SQLite, then by a real PostgreSQL server."""
+    postgres = None
+    if request.param == "postgresql":
+        if postgres_binaries() is None:
+            pytest.skip("PostgreSQL's server programs are not installed (Debian: apt-get install postgresql)")
+        postgres = PostgresServer()
+        postgres.start()
+    cluster = PrefectCluster(tmp_path_factory.mktemp("prefect"), database_url=postgres.url if postgres else None)
     try:
         cluster.start_server()
         cluster.run(str(BIN / "prefect"), "work-pool", "create", "gpu", "--type", "process")
-        cluster.python("from flows.deploy import deploy; deploy('unused.csv', 'unused', schedule=False)")
+        cluster.python("from t2v_fast.flows.deploy import deploy; deploy('unused.csv', 'unused', schedule=False)")
         cluster.start_worker("orchestrator", "orchestration")
-        cluster.start_worker("gpu-1", "render", limit=1)
-        cluster.start_worker("gpu-2", "render", limit=1)
+        cluster.workers = {name: cluster.start_worker(name, "render", limit=1) for name in ("gpu-1", "gpu-2")}
         yield cluster
     finally:
         cluster.close()
+        if postgres:
+            postgres.stop()
 
 
 def trigger(cluster, manifest, out, wait=True, **parameters):
@@ -72,6 +83,30 @@ def test_nightly_fans_shards_out_to_both_gpu_workers(cluster, tmp_path):
         assert json.loads((out / f"{name}.json").read_text())["seed"] == int(name.split("-")[1])
 
 
+def _wait_for_a_shard_part_way(out, rows_per_shard=3, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in (out / ".t2v-shards").glob("*.json"):
+            try:
+                shard = json.loads(record.read_text())
+            except (OSError, ValueError):
+                continue
+            if 1 <= len(shard["results"]) < rows_per_shard:
+                return shard
+        time.sleep(0.1)
+    raise AssertionError("no shard was caught part-way")
+
+
+def _wait_for_night(cluster, run_id, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = next(r for r in cluster.flow_runs("nightly") if r["id"] == run_id)["state"]
+        if state in ("COMPLETED", "FAILED", "CRASHED"):
+            return state
+        time.sleep(1)
+    raise AssertionError(f"the night did not end within {timeout} s")
+
+
 def test_killed_shard_then_second_night_completes_every_row_once(cluster, tmp_path):
     manifest = tmp_path / "night.csv"
     manifest.write_text(MANIFEST)
@@ -80,26 +115,9 @@ def test_killed_shard_then_second_night_completes_every_row_once(cluster, tmp_pa
     # One video per UNet batch, so a shard of 3 rows finishes them one after another and can be killed in between.
     run_id, _ = trigger(cluster, manifest, out, wait=False, defaults=defaults, shard_size=3, batch_videos=1)
 
-    victim, deadline = None, time.monotonic() + 240
-    while victim is None and time.monotonic() < deadline:
-        for record in (out / ".t2v-shards").glob("*.json"):
-            try:
-                shard = json.loads(record.read_text())
-            except (OSError, ValueError):
-                continue
-            if 1 <= len(shard["results"]) < 3:  # a shard of 3 rows, part-way through
-                victim = shard
-                break
-        time.sleep(0.1)
-    assert victim is not None, "no shard was caught part-way"
+    victim = _wait_for_a_shard_part_way(out)  # a shard of 3 rows, part-way through
     os.kill(victim["pid"], signal.SIGKILL)
-
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        state = next(r for r in cluster.flow_runs("nightly") if r["id"] == run_id)["state"]
-        if state in ("COMPLETED", "FAILED", "CRASHED"):
-            break
-        time.sleep(1)
+    _wait_for_night(cluster, run_id, 240)
     first_night = read_results(out)
     failed = {k for k in VALID if first_night[k]["status"] == "failed"}
     assert failed and all("shard run crashed" in first_night[k]["reason"] for k in failed), first_night
@@ -117,3 +135,53 @@ def test_killed_shard_then_second_night_completes_every_row_once(cluster, tmp_pa
         assert json.loads((out / f"{name}.json").read_text())["params"]["frames"] == 6
     leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp") or (p.name.startswith(".") and p.is_file())]
     assert leftovers == [], "no partial or temporary file where outputs are read"
+
+
+LEASE_SECONDS = 8
+
+
+def test_a_dead_node_s_rows_move_to_the_live_node_the_same_night(cluster, tmp_path):
+    """SIGKILL a render node's worker and every process under it, mid-shard: nobody reports anything."""
+    manifest = tmp_path / "night.csv"
+    manifest.write_text(MANIFEST)
+    out = tmp_path / "shared-out"
+    options = dict(defaults={"frames": 6, "steps": 20}, shard_size=3, batch_videos=1, lease_seconds=LEASE_SECONDS)
+    run_id, _ = trigger(cluster, manifest, out, wait=False, **options)
+
+    victim = _wait_for_a_shard_part_way(out)
+    node = next(name for name, worker in cluster.workers.items() if victim["pid"] in descendants(worker.pid))
+    worker = cluster.workers[node]
+    doomed = [worker.pid, *descendants(worker.pid)]
+    killed_at = time.time()
+    for pid in doomed:
+        os.kill(pid, signal.SIGKILL)
+    worker.wait(30)
+
+    assert _wait_for_night(cluster, run_id, LEASE_SECONDS + 240) == "COMPLETED"
+    night_seconds = time.time() - killed_at
+    results = read_results(out)
+    assert {k: results[k]["status"] for k in VALID} == dict.fromkeys(VALID, "done"), results
+
+    runs = shard_runs(cluster, out)
+    dead = [r for r in runs if r["state"] == "CRASHED"]
+    assert len(dead) == 1 and dead[0]["labels"]["prefect.worker.name"] == node
+    assert f"node {node} stopped: no heartbeat" in dead[0]["message"]
+    relaunched = [r for r in runs if "relaunch" in r["name"]]
+    assert relaunched and all(r["state"] == "COMPLETED" for r in relaunched)
+    assert {r["labels"]["prefect.worker.name"] for r in relaunched} == {"gpu-1", "gpu-2"} - {node}
+    moved_after = min(r["created"] for r in relaunched) - killed_at
+    assert moved_after <= LEASE_SECONDS + 10, f"work moved {moved_after:.0f} s after the node died"
+    print(f"\n{node} killed: its rows moved after {moved_after:.1f} s; the night ended after {night_seconds:.1f} s")
+
+    done = collections.Counter(
+        entry["id"]
+        for record in (out / ".t2v-shards").glob("*.json")
+        for entry in json.loads(record.read_text())["results"]
+        if entry["status"] == "done"
+    )
+    assert max(done.values()) == 1, f"rendered twice: {[k for k, n in done.items() if n > 1]}"
+    for name in VALID:
+        assert read_mp4(out / f"{name}.mp4")[1].shape[0] == 6
+    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp") or (p.name.startswith(".") and p.is_file())]
+    assert leftovers == [] and not (out / ".t2v-claims").exists(), "no temporary file or claim left"
+    cluster.workers[node] = cluster.start_worker(node, "render", limit=1)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,7 +16,8 @@ from t2v_fast.attention_plugin import VideoUNet
 from t2v_fast.engine_dir import EngineDir
 from t2v_fast.errors import UserError
 from t2v_fast.models import load_components
-from t2v_fast.runtime import TextEncoder, VaeDecoder
+from t2v_fast.networks import TextEncoder, VaeDecoder
+from t2v_fast.runtime import provider_options
 
 TOLERANCE = 1e-4
 
@@ -102,12 +104,39 @@ def test_engine_json_describes_the_export(tiny_engines):
 
 def test_onnxruntime_video_equals_torch_video(tiny_engines):
     settings = dict(frames=8, height=64, width=64, steps=10, seed=5, negative_prompt="blurry", progress=False)
-    ours = load_pipeline(str(tiny_engines), backend="onnxruntime").generate("a cat on a skateboard", **settings)
-    reference = load_pipeline("tiny-random", backend="torch").generate("a cat on a skateboard", **settings)
+    ours = load_pipeline(str(tiny_engines), backend="onnxruntime").generate_video("a cat on a skateboard", **settings)
+    reference = load_pipeline("tiny-random", backend="torch").generate_video("a cat on a skateboard", **settings)
     assert ours.metadata["backend"] == "onnxruntime"
+    # The device and providers the sessions really run on (CPU-only build here).
+    assert (ours.metadata["device"], ours.metadata["providers"]) == ("cpu", ["CPUExecutionProvider"])
+    assert "providers" not in reference.metadata
     assert ours.metadata["model"] == reference.metadata["model"]
     assert_is_moving_video(ours.frames)
     assert max_pixel_diff(ours.frames, reference.frames) <= 2
+
+
+def test_onnxruntime_at_a_size_the_export_never_saw_equals_torch(tiny_engines):
+    """Exported at 64×64; 72×88 (9×11 latents, odd: the upsamplers take the skip sizes) runs on the same graph."""
+    settings = dict(frames=3, height=72, width=88, steps=6, seed=8, progress=False)
+    ours = load_pipeline(str(tiny_engines), backend="onnxruntime").generate_video("a lighthouse", **settings)
+    reference = load_pipeline("tiny-random", backend="torch").generate_video("a lighthouse", **settings)
+    assert ours.frames.shape == (3, 72, 88, 3)
+    assert_is_moving_video(ours.frames)
+    assert max_pixel_diff(ours.frames, reference.frames) <= 2
+
+
+def test_tensorrt_execution_provider_options_cover_the_first_frame_and_cache_in_the_engine_folder(tiny_engines):
+    options = provider_options(EngineDir.load(tiny_engines), "unet", "TensorrtExecutionProvider", 0)
+    assert options["trt_profile_min_shapes"] == "sample:1x1x4x8x8,encoder_hidden_states:1x77x32"
+    assert options["trt_profile_max_shapes"] == "sample:8x24x4x8x8,encoder_hidden_states:8x77x32"
+    assert options["trt_engine_cache_enable"] == "True" and options["trt_fp16_enable"] == "False"
+    assert Path(options["trt_engine_cache_path"]).parent == tiny_engines
+    assert provider_options(EngineDir.load(tiny_engines), "unet", "CPUExecutionProvider", 0) == {}
+
+
+def test_cuda_graphs_without_the_cuda_provider_are_refused(tiny_engines, tmp_path):
+    result = _generate_with_onnxruntime(tiny_engines, tmp_path / "x.mp4", "--cuda-graph")
+    assert result.returncode == 2 and "CUDAExecutionProvider" in result.stderr and "Traceback" not in result.stderr
 
 
 def _generate_with_onnxruntime(engines, out, *options):
@@ -177,8 +206,18 @@ def test_check_prints_errors_and_passes(tiny_engines):
     result = run_cli("check", str(tiny_engines))
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("onnxruntime")]
-    assert [row[1] for row in rows] == ["text_encoder", "unet", "vae_decoder"]
-    assert all(float(row[2]) <= TOLERANCE and row[-1] == "pass" for row in rows)
+    # Every shape generation sends: a guided text batch (with a repeated prompt) and one prompt; the UNet with and
+    # without guidance and on the first frame alone; a full and a one-image VAE batch.
+    assert [(row[1], row[2]) for row in rows] == [
+        ("text_encoder", "batch=2"),
+        ("text_encoder", "batch=1"),
+        ("unet", "frames=8,batch=2"),
+        ("unet", "frames=1,batch=2"),
+        ("unet", "frames=8,batch=1"),
+        ("vae_decoder", "images=8"),
+        ("vae_decoder", "images=1"),
+    ]
+    assert all(float(row[3]) <= TOLERANCE and row[-1] == "pass" for row in rows)
     assert "tensorrt: not checked" in result.stdout or any(
         line.startswith("tensorrt") for line in result.stdout.splitlines()
     )
@@ -194,5 +233,5 @@ def test_check_fails_when_a_tolerance_is_exceeded(tiny_engines):
 def test_export_refuses_to_overwrite_and_bad_sizes(tiny_engines, tmp_path):
     result = run_cli("export", "tiny-random", "--out", str(tiny_engines))
     assert result.returncode == 2 and "already holds an export" in result.stderr
-    result = run_cli("export", "tiny-random", "--out", str(tmp_path / "e"), "--height", "40")
-    assert result.returncode == 2 and "multiple of 16" in result.stderr
+    result = run_cli("export", "tiny-random", "--out", str(tmp_path / "e"), "--height", "44")
+    assert result.returncode == 2 and "multiple of 8" in result.stderr

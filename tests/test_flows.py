@@ -39,7 +39,7 @@ def outputs_and_times(folder):
 
 
 def test_nightly_renders_good_rows_and_reports_every_row(harness, tmp_path):
-    from flows.nightly import nightly
+    from t2v_fast.flows.nightly import nightly
 
     manifest = tmp_path / "prompts.csv"
     manifest.write_text(MANIFEST)

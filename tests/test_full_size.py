@@ -11,6 +11,6 @@ def test_sd15_random_generates_a_video():
 
     pipeline = load_pipeline("sd15-random", device="cpu", dtype="float32")
     assert pipeline.backend.info.native_size == 512
-    video = pipeline.generate("a cat", frames=3, height=128, width=128, steps=3, seed=0, progress=False)
+    video = pipeline.generate_video("a cat", frames=3, height=128, width=128, steps=3, seed=0, progress=False)
     assert video.frames.shape == (3, 128, 128, 3)
     assert_is_moving_video(video.frames)

@@ -31,16 +31,16 @@ def test_nan_latents_raise(components):
     with torch.no_grad():
         components.unet.conv_out.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(NumericalError, match=r"NaN or Inf in the latents.*try another dtype"):
-        _pipeline(components).generate("a cat", **SMALL)
+        _pipeline(components).generate_video("a cat", **SMALL)
 
 
 def test_black_frames_raise(components):
     with torch.no_grad():
         components.vae.decoder.conv_out.bias.fill_(-1e4)
     with pytest.raises(NumericalError, match=r"entirely black.*try another dtype"):
-        _pipeline(components).generate("a cat", **SMALL)
+        _pipeline(components).generate_video("a cat", **SMALL)
 
 
 def test_healthy_model_passes(components):
-    video = _pipeline(copy.deepcopy(components)).generate("a cat", **SMALL)
+    video = _pipeline(copy.deepcopy(components)).generate_video("a cat", **SMALL)
     assert video.frames.max() > 0

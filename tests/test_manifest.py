@@ -3,8 +3,8 @@
 import pytest
 
 from t2v_fast.errors import UserError
+from t2v_fast.loading import describe_model
 from t2v_fast.manifest import parse_manifest, stable_id
-from t2v_fast.models import describe_model
 from t2v_fast.params import GenerationParams
 
 
@@ -16,14 +16,7 @@ def spec():
 def parse(spec, tmp_path, text: str, encoding="utf-8", **defaults):
     path = tmp_path / "manifest.csv"
     path.write_bytes(text.encode(encoding))
-    return parse_manifest(
-        path,
-        GenerationParams(**defaults),
-        spec.scheduler,
-        spec.native_size,
-        spec.size_multiple,
-        count_tokens=lambda text: len(spec.tokenizer(text).input_ids),
-    )
+    return parse_manifest(path, GenerationParams(**defaults), spec)
 
 
 def reported(manifest):
@@ -57,7 +50,7 @@ CORPUS = {
     "non-numeric": ("prompt,steps,guidance\na,one,7\nb,10,abc\nc,10,7.5\n", [(2, "steps"), (3, "guidance")], ["c"]),
     "out of range": (
         "prompt,frames,height,steps,guidance,fps,seed\n"
-        "a,0,,,,,\nb,,40,,,,\nc,,,1,,,\nd,,,,-1,,\ne,,,,,0,\nf,,,,,,-3\ng,4,32,10,2,8,1\n",
+        "a,0,,,,,\nb,,44,,,,\nc,,,1,,,\nd,,,,-1,,\ne,,,,,0,\nf,,,,,,-3\ng,4,32,10,2,8,1\n",
         [(2, "frames"), (3, "height"), (4, "steps"), (5, "guidance"), (6, "fps"), (7, "seed")],
         ["g"],
     ),
@@ -70,6 +63,8 @@ CORPUS = {
     "invalid id": ("id,prompt\n../etc,a\nfine,b\n", [(2, "id")], ["b"]),
     "invalid t0/t1": ("prompt,steps,t0,t1\na,10,9,5\nb,10,12,\nc,10,3,7\n", [(2, "t0"), (3, "t0")], ["c"]),
     "extra fields": ("prompt,seed\na,1,oops\nb,2\n", [(2, "#3")], ["b"]),
+    "seed above 2**63-1": (f"prompt,seed\na,{2**63}\nb,{2**63 - 1}\n", [(2, "seed")], ["b"]),
+    "blank prompt, negative prompt kept": ("prompt,negative_prompt\n   ,dark\nok,dark\n", [(2, "prompt")], ["ok"]),
 }
 
 
@@ -111,6 +106,11 @@ def test_ids_without_id_column_are_stable_and_content_based(spec, tmp_path):
     assert {r.prompt: r.id for r in first.rows} == {r.prompt: r.id for r in again.rows}
     assert first.rows[0].id != first.rows[1].id
     assert stable_id({"prompt": "x", "seed": "1"}) == stable_id({"seed": "1 ", "prompt": " x"})
+
+
+def test_invalid_defaults_reject_the_file_naming_the_default(spec, tmp_path):
+    with pytest.raises(UserError, match=r"invalid defaults .*height must be a multiple of 8, got 44"):
+        parse(spec, tmp_path, "prompt\na\n", height=44)
 
 
 def test_flow_defaults_apply_where_rows_are_silent(spec, tmp_path):

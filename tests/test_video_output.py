@@ -20,6 +20,7 @@ SIDECAR_FIELDS = {
     "device",
     "dtype",
     "timings",
+    "qc",
     "t2v_fast_version",
 }
 PARAM_FIELDS = {
@@ -47,7 +48,7 @@ def read_mp4(path):
 
 @pytest.fixture(scope="module")
 def video(pipeline):
-    return pipeline.generate(
+    return pipeline.generate_video(
         "a red car", negative_prompt="rain", seed=4, frames=12, height=64, width=96, steps=6, fps=6, progress=False
     )
 
@@ -74,6 +75,7 @@ def test_sidecar_has_every_field(video, tmp_path):
     assert (sidecar["backend"], sidecar["dtype"], sidecar["device"]) == ("torch", "float32", "cpu")
     assert {"encode_text_s", "denoise_s", "decode_s", "total_s"} <= set(sidecar["timings"])
     assert sidecar["t2v_fast_version"] == __version__
+    assert sidecar["qc"]["verdict"] == "ok" and 0 < sidecar["qc"]["ssim"] <= 1 and sidecar["qc"]["flicker_mad"] > 0
     assert read_mp4(tmp_path / "car.mp4")[0]["fps"] == pytest.approx(3.0)
 
 

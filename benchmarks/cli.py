@@ -1,0 +1,48 @@
+"""`t2v-fast bench` arguments: parsed before torch is imported, so `--help` and argument errors answer at once."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from . import BACKENDS, RESULTS_ROOT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t2v-fast bench", description="Latency, memory and FLOPs of every backend against the reference."
+    )
+    parser.add_argument("--preset", help="tiny-random, small-random (default) or sd15-random")
+    parser.add_argument("--frames", type=int)
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--videos", type=int, help="videos per batch")
+    parser.add_argument("--device")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--backends", help=f"comma-separated subset of {','.join(BACKENDS)}")
+    parser.add_argument("--sweep-frames", help="frame counts of the memory sweep, e.g. 8,16,32,64")
+    parser.add_argument("--quick", action="store_true", help="seconds on a CPU, for CI: checks the harness, not speed")
+    parser.add_argument("--out", type=Path, help=f"results root (default {RESULTS_ROOT})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, Any] = {
+        k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "backends", "sweep_frames", "out")
+    }
+    if args.backends:
+        overrides["backends"] = tuple(args.backends.split(","))
+    if args.sweep_frames:
+        overrides["sweep_frames"] = tuple(int(v) for v in args.sweep_frames.split(","))
+    if args.out:
+        overrides["out_root"] = args.out
+    from .harness import BenchConfig, run_and_report
+
+    config = BenchConfig.quick_config(**overrides) if args.quick else BenchConfig(**overrides)
+    folder = run_and_report(config)
+    print(f"wrote {folder}/results.json, results.md, chart.png")
+    return 0

@@ -1,0 +1,173 @@
+"""Export the text encoder, the video UNet (with cross-frame attention) and the VAE decoder to ONNX.
+
+What is exported, with which inputs and dynamic axes, is the table in `t2v_fast.networks`: text batch, videos ×
+guidance, frames per video, latent height and width, decoded images. The frame count is never a constant.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.export import Dim
+from tqdm.auto import tqdm
+
+from t2v_fast._version import __version__
+from t2v_fast.engine_dir import ENGINE_JSON, EngineDir, ExportSettings, file_sha256
+from t2v_fast.errors import UserError
+from t2v_fast.models import ModelComponents, ModelInfo, load_components
+from t2v_fast.networks import DECODE_BATCH_SIZE, NETWORKS, NetworkSpec, dims, model_dims
+
+EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+ONNX_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64"}
+
+
+def _example_dims(info: ModelInfo, settings: ExportSettings) -> dict[str, int]:
+    # torch.export specialises axes whose example size is 0 or 1, so every example size is at least 2.
+    return dims(
+        info,
+        videos=max(2 * settings.videos, 2),
+        frames=max(settings.frames, 2),
+        height=settings.height or info.native_size,
+        width=settings.width or info.native_size,
+        images=min(max(settings.frames, 2), DECODE_BATCH_SIZE),
+    )
+
+
+def _torch_dims(network: NetworkSpec) -> tuple[dict[int, Dim], ...]:
+    """torch.export's `dynamic_shapes`: one `Dim` per axis name, shared by the inputs that have that axis."""
+    ranges = network.axis_ranges()
+    named = {axis: Dim(axis, min=low, max=high) for axis, (low, high) in ranges.items()}
+    return tuple({i: named[axis] for i, axis in axes.items()} for axes in network.dynamic_axes().values())
+
+
+def _export_component(
+    network: NetworkSpec,
+    components: ModelComponents,
+    info: ModelInfo,
+    example: dict[str, int],
+    dtype: torch.dtype,
+    folder: Path,
+    opset: int,
+) -> dict[str, Any]:
+    import onnx
+
+    path = folder / f"{network.name}.onnx"
+    module = network.build(components).eval()
+    inputs = network.sample_inputs(example, dtype, torch.Generator().manual_seed(0))
+    started = time.perf_counter()
+    with torch.no_grad(), _quiet_exporter():
+        program = torch.onnx.export(
+            module,
+            tuple(inputs.values()),
+            input_names=network.input_names,
+            output_names=[network.output.name],
+            dynamic_shapes=_torch_dims(network),
+            opset_version=opset,
+            dynamo=True,
+            optimize=True,  # onnxscript's optimiser: constant folding and dead-code removal
+            verbose=False,
+        )
+        expected = module(*inputs.values())
+    # Protobuf cannot hold 2 GiB: the exporter moves large models' weights to `NAME.onnx.data` by its own threshold,
+    # so we record whichever files it wrote.
+    program.save(str(path))
+    # Shape inference through the path API, which also works for models with external data.
+    onnx.shape_inference.infer_shapes_path(str(path), str(path))
+    data = path.with_name(path.name + ".data")
+    external = data.is_file()
+    files = [path, data] if external else [path]
+    fixed = model_dims(info)
+    return {
+        "file": path.name,
+        "external_data": files[1].name if external else None,
+        "sha256": file_sha256(*files),
+        "bytes": sum(f.stat().st_size for f in files),
+        "export_seconds": round(time.perf_counter() - started, 2),
+        "inputs": [
+            {"name": spec.name, "dtype": ONNX_DTYPES[inputs[spec.name].dtype], "shape": spec.describe(fixed)}
+            for spec in network.inputs
+        ],
+        "outputs": [
+            {"name": network.output.name, "dtype": ONNX_DTYPES[expected.dtype], "shape": network.output.describe(fixed)}
+        ],
+        "axis_ranges": network.axis_ranges(),
+        "config": _jsonable(network.config(components)),
+    }
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide the exporter's harmless notes (no torchvision ops, pytree deprecations, axis renames)."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used", category=UserWarning)
+            yield
+    finally:
+        registration.setLevel(level)
+
+
+def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if isinstance(v, (str, int, float, bool, list, type(None))) else str(v) for k, v in config.items()}
+
+
+def tool_versions() -> dict[str, str]:
+    import diffusers
+    import onnx
+    import transformers
+
+    return {
+        "t2v_fast": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def export_model(model: str, out: str | Path, settings: ExportSettings, progress: bool = True) -> EngineDir:
+    """Export `model` (preset, folder or hub id) into the engine directory `out` and write its `engine.json`."""
+    if settings.dtype not in EXPORT_DTYPES:
+        raise UserError(f"invalid export dtype {settings.dtype!r}; choose one of: {', '.join(EXPORT_DTYPES)}")
+    if settings.frames < 1 or settings.videos < 1:
+        raise UserError("frames and videos must be >= 1")
+    out = Path(out)
+    if (out / ENGINE_JSON).exists():
+        raise UserError(f"{out} already holds an export; choose another folder or delete it")
+    dtype = EXPORT_DTYPES[settings.dtype]
+    components = load_components(model, device="cpu", dtype=dtype)
+    info = ModelInfo.from_components(components)
+    for name, value in (("height", settings.height), ("width", settings.width)):
+        if value is not None and value % info.size_multiple:
+            raise UserError(f"{name} must be a multiple of {info.size_multiple}, got {value}")
+    out.mkdir(parents=True, exist_ok=True)
+    components.tokenizer.save_pretrained(out / "tokenizer")
+    components.scheduler.save_pretrained(out / "scheduler")
+
+    example = _example_dims(info, settings)
+    exported = {
+        network.name: _export_component(network, components, info, example, dtype, out, settings.opset)
+        for network in tqdm(NETWORKS.values(), desc="exporting", unit="model", disable=not progress)
+    }
+    engine_dir = EngineDir.create(
+        out,
+        model,
+        components.weights_sha256,
+        info,
+        settings,
+        exported,
+        cleanup=["onnxscript optimizer (constant folding, dead code)", "onnx shape inference"],
+        tool_versions=tool_versions(),
+    )
+    engine_dir.save()
+    return engine_dir

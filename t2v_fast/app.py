@@ -1,0 +1,241 @@
+"""`t2v-fast ui`: a Gradio web app to make a video from text, and a review room for a night's output.
+
+Generate tab: a prompt, a model, and every generation parameter in a collapsed panel; a progress bar follows the
+denoising steps; the result plays in the page with its sidecar and a download. One model stays loaded between
+requests, and a queue runs one generation at a time (one GPU) with a bounded length. The same function is Gradio's
+API endpoint `/generate`. Night tab: a folder written by `t2v-fast batch` or the nightly flow: counts per status, a
+filterable table of rows (with their QC verdicts), rejected rows with row and column, and a click on a row plays its
+video beside its prompt and parameters. Bad input shows as a message in the page, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .errors import T2vFastError, UserError
+from .loading import load_pipeline
+from .params import GenerationParams, raise_problems, request_problems
+from .presets import PRESETS
+
+DEFAULTS = GenerationParams()
+ROW_COLUMNS = ["id", "row", "status", "reason", "seconds", "qc"]
+QUEUE_SIZE = 16
+
+
+class LoadedModel:
+    """The one pipeline kept in memory: loading another model replaces it, since one GPU holds one model."""
+
+    def __init__(self, backend: str, device: str | None, dtype: str | None):
+        self.backend, self.device, self.dtype = backend, device, dtype
+        self.source: str | None = None
+        self.pipeline: Any = None
+        self.lock = threading.Lock()
+
+    def get(self, source: str) -> Any:
+        with self.lock:
+            if source != self.source:
+                self.pipeline = load_pipeline(source, backend=self.backend, device=self.device, dtype=self.dtype)
+                self.source = source
+            return self.pipeline
+
+
+def model_choices(given: list[str], models_dir: Path | None) -> list[str]:
+    """Presets, the models named on the command line, and diffusers or engine folders found in `models_dir` (never a
+    model hub: the app works offline)."""
+    found = []
+    if models_dir and models_dir.is_dir():
+        found = [
+            str(folder)
+            for folder in sorted(models_dir.iterdir())
+            if (folder / "model_index.json").is_file() or (folder / "engine.json").is_file()
+        ]
+    return list(dict.fromkeys([*given, *PRESETS, *found]))
+
+
+class App:
+    def __init__(self, models: list[str], loaded: LoadedModel, out_dir: Path):
+        self.models, self.loaded, self.out_dir = models, loaded, out_dir
+
+    def generate(
+        self,
+        prompt: str,
+        model: str,
+        negative_prompt: str,
+        frames: float,
+        steps: float,
+        guidance: float,
+        height: float | None,
+        width: float | None,
+        seed: float,
+        motion_x: float,
+        motion_y: float,
+        t0: float | None,
+        t1: float | None,
+        chunk_size: float | None,
+        fps: float,
+        videos_per_prompt: float,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way of asking for progress)
+    ) -> tuple[str, dict[str, Any], list[str]]:
+        """Generate the video(s) of one prompt: the first video, its metadata, and every MP4 for download.
+
+        The pipeline validates every value; only the prompt is checked first, so that an empty one never waits for a
+        model to load."""
+        try:
+            raise_problems(request_problems(prompt=prompt))
+            videos = self.loaded.get(model).generate(
+                prompt,
+                negative_prompt=negative_prompt or None,
+                seed=None if seed is None or int(seed) < 0 else int(seed),
+                videos_per_prompt=_int(videos_per_prompt),
+                frames=_int(frames),
+                steps=_int(steps),
+                guidance=float(guidance),
+                height=_int(height, unset=0),
+                width=_int(width, unset=0),
+                motion_x=float(motion_x),
+                motion_y=float(motion_y),
+                t0=_int(t0, unset=-1),
+                t1=_int(t1, unset=-1),
+                chunk_size=_int(chunk_size, unset=0),
+                fps=float(fps),
+                progress=True,
+            )
+        except T2vFastError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        folder = self.out_dir / "ui"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        paths = [str(v.save(folder / f"{stamp}-seed{v.metadata['seed']}.mp4")) for v in videos]
+        return paths[0], videos[0].metadata, paths
+
+    def load_night(self, folder: str) -> tuple[str, list[list[Any]], list[list[Any]]]:
+        """Counts per status (and QC), the rows, and the rejected rows of a night's output folder."""
+        path = Path(folder or "").expanduser().resolve()
+        if not path.is_relative_to(self.out_dir.resolve()):
+            raise gr.Error(f"the app serves nights under {self.out_dir.resolve()} (its --out); {path} is not there")
+        results = path / "results.csv"
+        if not results.is_file():
+            raise gr.Error(f"{path} has no results.csv: choose a folder written by t2v-fast batch or nightly")
+        rows = _read_csv(results)
+        statuses = ("done", "skipped", "failed", "rejected")
+        counts = {status: sum(r["status"] == status for r in rows) for status in statuses}
+        flagged = sum(r.get("qc", "") not in ("", "ok") for r in rows)
+        summary = " · ".join(f"**{n}** {status}" for status, n in counts.items()) + f" · **{flagged}** flagged by QC"
+        rejected = _read_csv(path / "rejected.csv") if (path / "rejected.csv").is_file() else []
+        table = [[r.get(c, "") for c in ROW_COLUMNS] for r in rows]
+        return summary, table, [[r["row"], r["column"], r["problem"]] for r in rejected]
+
+    def filter_rows(self, folder: str, status: str, text: str) -> list[list[Any]]:
+        _, table, _ = self.load_night(folder)
+        wanted = [r for r in table if status in ("all", r[2]) and text.lower() in " ".join(map(str, r)).lower()]
+        return wanted
+
+    def show_row(self, folder: str, table: Any, event: gr.SelectData) -> tuple[str | None, dict[str, Any]]:
+        """The clicked row's video and its sidecar (prompt and parameters)."""
+        values = table.values.tolist()[event.index[0]] if hasattr(table, "values") else table[event.index[0]]
+        row_id = str(values[0])
+        videos = sorted(Path(folder).expanduser().glob(f"{row_id}*.mp4"))
+        videos = [v for v in videos if v.stem == row_id or v.stem.rsplit("-", 1)[0] == row_id]
+        if not videos:
+            return None, {"id": row_id, "status": values[2], "reason": values[3]}
+        return str(videos[0]), json.loads(videos[0].with_suffix(".json").read_text())
+
+    def build(self, night_folder: str) -> gr.Blocks:
+        with gr.Blocks(title="t2v-fast") as demo:
+            gr.Markdown("# t2v-fast\nText2Video-Zero: text to video, and a review room for each night's output.")
+            with gr.Tab("Generate"):
+                with gr.Row():
+                    with gr.Column():
+                        prompt = gr.Textbox(label="Prompt", placeholder="a panda playing guitar on times square")
+                        model = gr.Dropdown(self.models, value=self.models[0], label="Model", allow_custom_value=True)
+                        run = gr.Button("Run", variant="primary")
+                        with gr.Accordion("Advanced options", open=False):
+                            negative = gr.Textbox(label="Negative prompt")
+                            frames = gr.Number(DEFAULTS.frames, label="Frames (video length)", precision=0)
+                            steps = gr.Number(DEFAULTS.steps, label="Steps", precision=0)
+                            guidance = gr.Number(DEFAULTS.guidance, label="Guidance scale")
+                            height = gr.Number(0, label="Height (0: native size)", precision=0)
+                            width = gr.Number(0, label="Width (0: native size)", precision=0)
+                            seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
+                            motion_x = gr.Slider(-20, 20, DEFAULTS.motion_x, step=1, label="Global translation δx")
+                            motion_y = gr.Slider(-20, 20, DEFAULTS.motion_y, step=1, label="Global translation δy")
+                            t0 = gr.Number(-1, label="t0 (-1: 44 of 50 steps, scaled)", precision=0)
+                            t1 = gr.Number(-1, label="t1 (-1: 47 of 50 steps, scaled)", precision=0)
+                            chunk = gr.Number(0, label="Chunk size (0: whole video at once)", precision=0)
+                            fps = gr.Number(DEFAULTS.fps, label="Frames per second")
+                            videos = gr.Number(1, label="Videos per prompt", precision=0)
+                    with gr.Column():
+                        video = gr.Video(label="Video", autoplay=True, elem_id="result-video")
+                        metadata = gr.JSON(label="Sidecar metadata")
+                        files = gr.File(label="Download", file_count="multiple")
+                inputs = [prompt, model, negative, frames, steps, guidance, height, width, seed]
+                inputs += [motion_x, motion_y, t0, t1, chunk, fps, videos]
+                run.click(self.generate, inputs, [video, metadata, files], api_name="generate")
+            with gr.Tab("Night"):
+                with gr.Row():
+                    folder = gr.Textbox(night_folder, label="Output folder of a night", scale=4)
+                    load = gr.Button("Load", scale=1)
+                counts = gr.Markdown()
+                with gr.Row():
+                    status = gr.Dropdown(["all", "done", "skipped", "failed", "rejected"], value="all", label="Status")
+                    text = gr.Textbox(label="Filter (id, reason, QC)")
+                with gr.Row():
+                    table = gr.Dataframe(headers=ROW_COLUMNS, interactive=False, label="Rows", scale=3)
+                    with gr.Column(scale=2):
+                        row_video = gr.Video(label="Row video", autoplay=True, elem_id="row-video")
+                        row_meta = gr.JSON(label="Prompt and parameters")
+                rejected = gr.Dataframe(headers=["row", "column", "problem"], interactive=False, label="Rejected rows")
+                load.click(self.load_night, folder, [counts, table, rejected], api_name="night")
+                for trigger in (status.change, text.submit):
+                    trigger(self.filter_rows, [folder, status, text], table, api_name=False)
+                table.select(self.show_row, [folder, table], [row_video, row_meta], api_name=False)
+        return demo
+
+
+def _int(value: float | None, unset: int | None = None) -> int | None:
+    """A number field's integer; None (the default) when empty or at its `unset` value."""
+    return None if value is None or value == unset else int(value)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def serve(
+    models: list[str],
+    backend: str = "torch",
+    device: str | None = None,
+    dtype: str | None = None,
+    models_dir: Path | None = None,
+    out_dir: Path = Path("outputs"),
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    block: bool = True,
+) -> gr.Blocks:
+    """Start the app on `host:port` (loopback by default); a taken port is a `UserError` saying so."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UserError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port") from None
+    app = App(model_choices(models, models_dir), LoadedModel(backend, device, dtype), out_dir)
+    demo = app.build(str(out_dir))
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        allowed_paths=[str(out_dir.resolve())],
+        show_error=True,
+        quiet=True,
+    )
+    return demo

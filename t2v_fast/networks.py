@@ -1,0 +1,180 @@
+"""The networks t2v-fast exports and runs, described as data: one row per network.
+
+A row says how to build the exported module from loaded components, and names each input and output with a
+symbolic shape. A symbol is either a dynamic axis (`DYNAMIC_AXES`, with the range the ONNX graph is exported for) or
+a fact of the model (`model_dims`). Export (example inputs, dynamic axes), `t2v-fast check` (inputs to compare on),
+TensorRT (optimisation profiles) and the backends (input names) all read this table, in the manner of the TensorRT
+diffusion demo's `get_input_names / get_dynamic_axes / get_input_profile / get_sample_input`; a new model family
+adds rows, not branches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .attention_plugin import VideoUNet
+from .models import ModelComponents, ModelInfo
+
+# VAE images decoded per call: the pipeline's default, and the largest image batch an engine is built for.
+DECODE_BATCH_SIZE = 8
+# A timestep inside the range the networks were trained on, for example inputs.
+EXAMPLE_TIMESTEP = 801
+
+# Every dynamic axis and the range the exported graphs accept; TensorRT profiles narrow these at build time.
+DYNAMIC_AXES: dict[str, tuple[int, int]] = {
+    "batch": (1, 1024),  # text-encoder prompts
+    "videos": (1, 1024),  # UNet batch: videos × (2 with guidance)
+    "frames": (1, 4096),
+    "latent_height": (2, 1024),
+    "latent_width": (2, 1024),
+    "images": (1, 1024),  # VAE decoder batch
+}
+
+
+class TextEncoder(nn.Module):
+    """CLIP text encoder returning only the last hidden state, the one output the UNet consumes.
+
+    The torch backend runs this module and export writes it to ONNX, so both compute the same thing."""
+
+    def __init__(self, text_encoder: nn.Module):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(input_ids, return_dict=False)[0]
+
+
+class VaeDecoder(nn.Module):
+    """VAE decoder taking the denoiser's latents, so the scaling factor is part of the exported graph too."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: its name, symbolic shape and dtype (`float` is the network's precision)."""
+
+    name: str
+    shape: tuple[str | int, ...]
+    dtype: str = "float"
+    example: str = "noise"  # how to make an example input: noise, token_ids or timestep
+
+    def resolve(self, dims: dict[str, int]) -> list[int]:
+        return [dims[axis] if isinstance(axis, str) else axis for axis in self.shape]
+
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: axis for i, axis in enumerate(self.shape) if axis in DYNAMIC_AXES}
+
+    def describe(self, fixed: dict[str, int]) -> list[str | int]:
+        """The shape with the model's facts filled in and every varying axis left as its name (for engine.json)."""
+        return [fixed.get(axis, axis) if isinstance(axis, str) else axis for axis in self.shape]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    build: Callable[[ModelComponents], nn.Module]
+    config: Callable[[ModelComponents], dict[str, Any]]
+    inputs: tuple[TensorSpec, ...]
+    output: TensorSpec
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.inputs]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {spec.name: spec.dynamic_axes() for spec in self.inputs}
+
+    def axis_ranges(self) -> dict[str, list[int]]:
+        used = {axis for axes in self.dynamic_axes().values() for axis in axes.values()}
+        return {axis: list(DYNAMIC_AXES[axis]) for axis in DYNAMIC_AXES if axis in used}
+
+    def sample_inputs(
+        self, dims: dict[str, int], dtype: torch.dtype, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Random inputs (never all zeros) of the shapes `dims` gives, on the CPU."""
+        made = {}
+        for spec in self.inputs:
+            shape = spec.resolve(dims)
+            if spec.example == "token_ids":
+                made[spec.name] = torch.randint(0, 500, shape, generator=generator)
+            elif spec.example == "timestep":
+                made[spec.name] = torch.tensor(EXAMPLE_TIMESTEP)
+            else:
+                made[spec.name] = torch.randn(shape, generator=generator, dtype=dtype)
+        return made
+
+    def output_shape(self, shapes: dict[str, tuple[int, ...]], info: ModelInfo) -> list[int]:
+        """The output's shape for these input shapes: every symbol read off the inputs, pixels from latents."""
+        values = model_dims(info)
+        for spec in self.inputs:
+            values.update(
+                {axis: size for axis, size in zip(spec.shape, shapes[spec.name], strict=True) if isinstance(axis, str)}
+            )
+        scale = info.vae_scale_factor
+        values.update(height=values.get("latent_height", 0) * scale, width=values.get("latent_width", 0) * scale)
+        return self.output.resolve(values)
+
+    def profile(self, low: dict[str, int], opt: dict[str, int], high: dict[str, int]) -> dict[str, list[list[int]]]:
+        """Per input, [min, opt, max] shapes for a TensorRT optimisation profile."""
+        return {spec.name: [spec.resolve(low), spec.resolve(opt), spec.resolve(high)] for spec in self.inputs}
+
+
+def model_dims(info: ModelInfo) -> dict[str, int]:
+    """The fixed symbols: facts of the model."""
+    return {"tokens": info.text_max_length, "text_dim": info.text_dim, "channels": info.latent_channels}
+
+
+def dims(info: ModelInfo, *, videos: int, frames: int, height: int, width: int, images: int) -> dict[str, int]:
+    """Every symbol's value for a UNet batch of `videos` (guidance included) of `frames` frames, `height`×`width`
+    pixels, `images` VAE images per call; the text batch equals the UNet batch."""
+    scale = info.vae_scale_factor
+    return {
+        **model_dims(info),
+        "batch": videos,
+        "videos": videos,
+        "frames": frames,
+        "latent_height": height // scale,
+        "latent_width": width // scale,
+        "images": images,
+    }
+
+
+NETWORKS: dict[str, NetworkSpec] = {
+    "text_encoder": NetworkSpec(
+        name="text_encoder",
+        build=lambda c: TextEncoder(c.text_encoder),
+        config=lambda c: c.text_encoder.config.to_dict(),
+        inputs=(TensorSpec("input_ids", ("batch", "tokens"), dtype="int64", example="token_ids"),),
+        output=TensorSpec("text_embeddings", ("batch", "tokens", "text_dim")),
+    ),
+    "unet": NetworkSpec(
+        name="unet",
+        build=lambda c: VideoUNet(c.unet),
+        config=lambda c: dict(c.unet.config),
+        inputs=(
+            TensorSpec("sample", ("videos", "frames", "channels", "latent_height", "latent_width")),
+            TensorSpec("timestep", (), dtype="int64", example="timestep"),
+            TensorSpec("encoder_hidden_states", ("videos", "tokens", "text_dim")),
+        ),
+        output=TensorSpec("noise", ("videos", "frames", "channels", "latent_height", "latent_width")),
+    ),
+    "vae_decoder": NetworkSpec(
+        name="vae_decoder",
+        build=lambda c: VaeDecoder(c.vae),
+        config=lambda c: dict(c.vae.config),
+        inputs=(TensorSpec("latents", ("images", "channels", "latent_height", "latent_width")),),
+        output=TensorSpec("images", ("images", 3, "height", "width")),
+    ),
+}
+COMPONENTS = tuple(NETWORKS)

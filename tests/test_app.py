@@ -1,0 +1,167 @@
+"""The web app in a real headless Chromium (Debian's), and its API through gradio_client; a real server process."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import CLI, run_cli
+from prefect_cluster import free_port
+from test_video_output import read_mp4
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+browser_test = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+
+NIGHT = "id,prompt,seed,frames\ncat,a cat on a sofa,1,\ndog,a dog in the snow,2,5\nbad,a bird,x,\n"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """`t2v-fast ui` on a free loopback port, its --out holding a night rendered by `t2v-fast batch`."""
+    out = tmp_path_factory.mktemp("ui-out")
+    manifest = out / "night.csv"
+    manifest.write_text(NIGHT)
+    run_cli("batch", str(manifest), "--out", str(out / "night"), "--frames", "4", "--steps", "4", check=True)
+    port = free_port()
+    log = (out / "ui.log").open("w")
+    server = subprocess.Popen(
+        [*CLI, "ui", "--port", str(port), "--out", str(out)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        raise AssertionError((out / "ui.log").read_text())
+    yield url, out
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(30)
+
+
+def test_the_port_in_use_is_a_clear_error(app, tmp_path):
+    url, _ = app
+    port = url.rsplit(":", 1)[1].strip("/")
+    result = run_cli("ui", "--port", port, "--out", str(tmp_path))
+    assert result.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_generate_through_the_api(app, tmp_path):
+    from gradio_client import Client
+
+    url, _ = app
+    client = Client(url, verbose=False)
+    assert "/generate" in client.view_api(return_format="dict")["named_endpoints"]
+    arguments = ["a lighthouse at dusk", "tiny-random", "", 5, 4, 7.5, 48, 80, 11, 12, 12, -1, -1, 0, 5, 1]
+    path, metadata, files = client.predict(*arguments, api_name="/generate")
+    meta, frames = read_mp4(Path(path))
+    assert frames.shape == (5, 48, 80, 3) and meta["fps"] == pytest.approx(5.0)
+    assert metadata["seed"] == 11 and metadata["params"]["frames"] == 5 and len(files) == 1
+
+
+def _video_facts(page, selector):
+    """Duration and size of the video element under `selector`, once the browser has read its metadata."""
+    find = f"document.querySelector('{selector} video')"
+    page.wait_for_function(
+        f"() => {{ const v = {find}; return v && v.readyState >= 1 && v.duration > 0; }}", timeout=120_000
+    )
+    return page.evaluate(f"() => {{ const v = {find}; return [v.duration, v.videoWidth, v.videoHeight]; }}")
+
+
+def _set(page, label, value):
+    """Type into a field and leave it, so the app has the value before the next click (as a person would).
+
+    A field that has just been shown (an accordion opening) can still be mounting and put back its initial value
+    after the first fill: fill again until the field reads back what was typed.
+    """
+    field = page.get_by_label(label, exact=True)
+    for _ in range(10):
+        field.fill(value)
+        field.blur()
+        page.wait_for_timeout(300)
+        if field.input_value() == value:
+            return
+    raise AssertionError(f"{label!r} reads {field.input_value()!r} after typing {value!r}")
+
+
+def _error_shown(page, text):
+    page.get_by_text(text).first.wait_for(timeout=60_000)
+
+
+@browser_test
+def test_both_tabs_in_a_real_browser(app, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, out = app
+    DOCS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        try:
+            _walk_through_both_tabs(page, url, out)
+        except Exception:  # leave what the page showed, for whoever reads the failure
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            print(f"page at the failure ({tmp_path / 'failure.png'}):\n{page.locator('body').inner_text()[:3000]}")
+            raise
+        finally:
+            browser.close()
+    assert json.loads((out / "night" / "dog.json").read_text())["params"]["frames"] == 5
+
+
+def _walk_through_both_tabs(page, url, out):
+    page.goto(url)
+
+    # Bad input: a message in the page, and the app stays usable.
+    page.get_by_role("button", name="Run").click()
+    _error_shown(page, "missing prompt")
+    _set(page, "Prompt", "a red kite over the sea")
+    page.get_by_text("Advanced options").click()
+    page.get_by_label("Frames (video length)", exact=True).wait_for()
+    _set(page, "Frames (video length)", "0")
+    page.get_by_role("button", name="Run").click()
+    _error_shown(page, "frames must be >= 1")
+    _set(page, "Model", "/no/such/model")
+    _set(page, "Frames (video length)", "6")
+    page.get_by_role("button", name="Run").click()
+    _error_shown(page, "is not a preset")
+    _set(page, "Model", "tiny-random")
+
+    _set(page, "Steps", "6")
+    _set(page, "Seed (-1: random)", "7")
+    page.get_by_role("button", name="Run").click()
+    duration, width, height = _video_facts(page, "#result-video")
+    assert (width, height) == (64, 64)
+    assert duration == pytest.approx(6 / 4, abs=0.3)  # 6 frames at 4 fps
+    page.get_by_text('"seed"').first.wait_for()
+    page.screenshot(path=str(DOCS / "ui-generate.png"), full_page=True)
+
+    page.get_by_role("tab", name="Night").click()
+    _set(page, "Output folder of a night", str(out / "night"))
+    page.get_by_role("button", name="Load").click()
+    page.get_by_text("flagged by QC").wait_for(timeout=60_000)
+    body = page.locator("body").inner_text()
+    assert "2 done" in body.replace("**", "") or "2\ndone" in body
+    page.get_by_text("'x' is not an integer", exact=True).filter(visible=True).first.wait_for()  # rejected row
+    page.get_by_text("dog", exact=True).filter(visible=True).first.click()
+    duration, width, height = _video_facts(page, "#row-video")
+    assert (width, height) == (64, 64) and duration == pytest.approx(5 / 4, abs=0.3)
+    playing = page.evaluate(
+        "async () => { const v = document.querySelector('#row-video video'); v.muted = true; await v.play();"
+        " await new Promise(r => setTimeout(r, 400)); return [!v.paused, v.currentTime]; }"
+    )
+    assert playing[0] and playing[1] > 0
+    page.get_by_text("a dog in the snow").first.wait_for()
+    page.screenshot(path=str(DOCS / "ui-night.png"), full_page=True)
