@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def export_model(model: str, out: str | Path, settings: ExportSettings, progress
     """Export `model` (preset, folder or hub id) into the engine directory `out` and write its `engine.json`."""
     if settings.dtype not in EXPORT_DTYPES:
         raise UserError(f"invalid export dtype {settings.dtype!r}; choose one of: {', '.join(EXPORT_DTYPES)}")
-    if settings.frames < 1 or settings.videos < 1:
+    if (settings.frames is not None and settings.frames < 1) or settings.videos < 1:
         raise UserError("frames and videos must be >= 1")
     out = Path(out)
     if (out / ENGINE_JSON).exists():
@@ -147,6 +148,7 @@ def export_model(model: str, out: str | Path, settings: ExportSettings, progress
     dtype = EXPORT_DTYPES[settings.dtype]
     components = load_components(model, device="cpu", dtype=dtype)
     info = ModelInfo.from_components(components)
+    settings = replace(settings, frames=settings.frames or components.family.defaults["frames"])
     for name, value in (("height", settings.height), ("width", settings.width)):
         if value is not None and value % info.size_multiple:
             raise UserError(f"{name} must be a multiple of {info.size_multiple}, got {value}")

@@ -1,4 +1,4 @@
-"""t2v-fast: Text2Video-Zero video generation with one pipeline loop over PyTorch, ONNX Runtime and TensorRT.
+"""t2v-fast: text-to-video generation (Text2Video-Zero and ModelScope) over PyTorch, ONNX Runtime and TensorRT.
 
 The public names are imported on first use (PEP 562), so `import t2v_fast` and the command line's `--help` do not
 pay for importing torch, diffusers and transformers.
@@ -14,17 +14,27 @@ from .errors import NumericalError, T2vFastError, UserError
 
 if TYPE_CHECKING:
     from .loading import load_pipeline
+    from .modelscope_pipeline import ModelScopePipeline
     from .pipeline import TextToVideoZeroPipeline
     from .video import Video
+    from .video_pipeline import VideoPipeline
 
-_LAZY = {"load_pipeline": ".loading", "TextToVideoZeroPipeline": ".pipeline", "Video": ".video"}
+_LAZY = {
+    "load_pipeline": ".loading",
+    "TextToVideoZeroPipeline": ".pipeline",
+    "ModelScopePipeline": ".modelscope_pipeline",
+    "VideoPipeline": ".video_pipeline",
+    "Video": ".video",
+}
 
 __all__ = [
+    "ModelScopePipeline",
     "NumericalError",
     "T2vFastError",
     "TextToVideoZeroPipeline",
     "UserError",
     "Video",
+    "VideoPipeline",
     "__version__",
     "load_pipeline",
 ]

@@ -21,11 +21,14 @@ from typing import Any
 import gradio as gr
 
 from .errors import T2vFastError, UserError
+from .families import TEXT2VIDEO_ZERO, defaults_by_family, takes
 from .loading import load_pipeline
 from .params import GenerationParams, raise_problems, request_problems
 from .presets import PRESETS
 
 DEFAULTS = GenerationParams()
+# The motion sliders always hold a value; at rest they mean "not chosen" for a model that takes no motion.
+MOTION_AT_REST = TEXT2VIDEO_ZERO.defaults["motion_x"]
 ROW_COLUMNS = ["id", "row", "status", "reason", "seconds", "qc"]
 QUEUE_SIZE = 16
 
@@ -90,22 +93,25 @@ class App:
         model to load."""
         try:
             raise_problems(request_problems(prompt=prompt))
-            videos = self.loaded.get(model).generate(
+            pipeline = self.loaded.get(model)
+            if not takes(pipeline.spec.family, "motion_x"):
+                motion_x, motion_y = (None if m == MOTION_AT_REST else m for m in (motion_x, motion_y))
+            videos = pipeline.generate(
                 prompt,
                 negative_prompt=negative_prompt or None,
                 seed=None if seed is None or int(seed) < 0 else int(seed),
                 videos_per_prompt=_int(videos_per_prompt),
                 frames=_int(frames),
                 steps=_int(steps),
-                guidance=float(guidance),
+                guidance=None if guidance is None else float(guidance),
                 height=_int(height, unset=0),
                 width=_int(width, unset=0),
-                motion_x=float(motion_x),
-                motion_y=float(motion_y),
+                motion_x=None if motion_x is None else float(motion_x),
+                motion_y=None if motion_y is None else float(motion_y),
                 t0=_int(t0, unset=-1),
                 t1=_int(t1, unset=-1),
                 chunk_size=_int(chunk_size, unset=0),
-                fps=float(fps),
+                fps=None if fps is None else float(fps),
                 progress=True,
             )
         except T2vFastError as error:
@@ -159,18 +165,20 @@ class App:
                         run = gr.Button("Run", variant="primary")
                         with gr.Accordion("Advanced options", open=False):
                             negative = gr.Textbox(label="Negative prompt")
-                            frames = gr.Number(DEFAULTS.frames, label="Frames (video length)", precision=0)
+                            frames = gr.Number(
+                                None, label="Frames (video length)", precision=0, info=_by_family("frames")
+                            )
                             steps = gr.Number(DEFAULTS.steps, label="Steps", precision=0)
-                            guidance = gr.Number(DEFAULTS.guidance, label="Guidance scale")
+                            guidance = gr.Number(None, label="Guidance scale", info=_by_family("guidance"))
                             height = gr.Number(0, label="Height (0: native size)", precision=0)
                             width = gr.Number(0, label="Width (0: native size)", precision=0)
                             seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
-                            motion_x = gr.Slider(-20, 20, DEFAULTS.motion_x, step=1, label="Global translation δx")
-                            motion_y = gr.Slider(-20, 20, DEFAULTS.motion_y, step=1, label="Global translation δy")
+                            motion_x = gr.Slider(-20, 20, MOTION_AT_REST, step=1, label="Global translation δx")
+                            motion_y = gr.Slider(-20, 20, MOTION_AT_REST, step=1, label="Global translation δy")
                             t0 = gr.Number(-1, label="t0 (-1: 44 of 50 steps, scaled)", precision=0)
                             t1 = gr.Number(-1, label="t1 (-1: 47 of 50 steps, scaled)", precision=0)
                             chunk = gr.Number(0, label="Chunk size (0: whole video at once)", precision=0)
-                            fps = gr.Number(DEFAULTS.fps, label="Frames per second")
+                            fps = gr.Number(None, label="Frames per second", info=_by_family("fps"))
                             videos = gr.Number(1, label="Videos per prompt", precision=0)
                     with gr.Column():
                         video = gr.Video(label="Video", autoplay=True, elem_id="result-video")
@@ -198,6 +206,10 @@ class App:
                     trigger(self.filter_rows, [folder, status, text], table, api_name=False)
                 table.select(self.show_row, [folder, table], [row_video, row_meta], api_name=False)
         return demo
+
+
+def _by_family(param: str) -> str:
+    return f"empty: the model's default ({defaults_by_family(param)})"
 
 
 def _int(value: float | None, unset: int | None = None) -> int | None:

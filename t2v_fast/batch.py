@@ -29,8 +29,8 @@ from .atomic import atomic_path
 from .claims import Claims, Holder
 from .errors import NumericalError, UserError
 from .manifest import Manifest, ManifestRow
-from .pipeline import TextToVideoZeroPipeline
 from .qc import QcThresholds
+from .video_pipeline import VideoPipeline
 
 logger = logging.getLogger("t2v_fast.batch")
 
@@ -93,7 +93,7 @@ def batch_groups(rows: Sequence[ManifestRow], max_videos: int) -> list[list[Mani
 
 
 def _render(
-    pipeline: TextToVideoZeroPipeline,
+    pipeline: VideoPipeline,
     rows: Sequence[ManifestRow],
     out_dir: Path,
     claims: Claims,
@@ -169,7 +169,7 @@ def _claim(
 
 
 def render_rows(
-    pipeline: TextToVideoZeroPipeline,
+    pipeline: VideoPipeline,
     rows: Sequence[ManifestRow],
     out_dir: Path,
     retries: int = 2,
@@ -227,7 +227,7 @@ def render_rows(
 
 
 def _render_group(
-    pipeline: TextToVideoZeroPipeline,
+    pipeline: VideoPipeline,
     group: Sequence[ManifestRow],
     out_dir: Path,
     claims: Claims,
@@ -257,7 +257,7 @@ def _render_group(
 
 
 def render_one(
-    pipeline: TextToVideoZeroPipeline,
+    pipeline: VideoPipeline,
     row: ManifestRow,
     out_dir: Path,
     claims: Claims,

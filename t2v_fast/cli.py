@@ -14,6 +14,7 @@ from pathlib import Path
 from ._version import __version__
 from .choices import BACKENDS, DTYPE_NAMES
 from .errors import NumericalError, UserError
+from .families import TEXT2VIDEO_ZERO, defaults_by_family
 from .params import GenerationParams, raise_problems, request_problems
 from .presets import PRESETS
 
@@ -32,13 +33,14 @@ def _positive_int(text: str) -> int:
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
-    defaults = GenerationParams()
     parser.add_argument(
-        "--frames", type=_positive_int, default=defaults.frames, help="frames per video (default %(default)s)"
+        "--frames", type=_positive_int, help=f"frames per video (default: {defaults_by_family('frames')})"
     )
-    parser.add_argument("--steps", type=_positive_int, default=defaults.steps, help="DDIM steps (default %(default)s)")
     parser.add_argument(
-        "--guidance", type=float, default=defaults.guidance, help="classifier-free guidance scale (default %(default)s)"
+        "--steps", type=_positive_int, default=GenerationParams().steps, help="denoising steps (default %(default)s)"
+    )
+    parser.add_argument(
+        "--guidance", type=float, help=f"classifier-free guidance scale (default: {defaults_by_family('guidance')})"
     )
     parser.add_argument(
         "--height",
@@ -53,31 +55,32 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, help="seed of the first video; video k uses seed+k (default: random, recorded)"
     )
+    zero = TEXT2VIDEO_ZERO.defaults
     parser.add_argument(
         "--motion-x",
         type=float,
-        default=defaults.motion_x,
-        help="horizontal motion per frame, in 1/512 of the width (default %(default)s)",
+        help=f"Text2Video-Zero: horizontal motion per frame, in 1/512 of the width (default {zero['motion_x']:g})",
     )
     parser.add_argument(
         "--motion-y",
         type=float,
-        default=defaults.motion_y,
-        help="vertical motion per frame, in 1/512 of the height (default %(default)s)",
+        help=f"Text2Video-Zero: vertical motion per frame, in 1/512 of the height (default {zero['motion_y']:g})",
     )
     parser.add_argument(
-        "--t0", type=int, help="motion start step, counted from the end (default: 44 of 50 steps, scaled)"
+        "--t0", type=int, help="Text2Video-Zero: motion start step, counted from the end (default: 44 of 50, scaled)"
     )
     parser.add_argument(
-        "--t1", type=int, help="re-noising step, counted from the end (default: 47 of 50 steps, scaled)"
+        "--t1", type=int, help="Text2Video-Zero: re-noising step, counted from the end (default: 47 of 50, scaled)"
     )
     parser.add_argument("--negative-prompt", default=None, help="what the video should not show")
     parser.add_argument(
         "--videos-per-prompt", type=_positive_int, default=1, help="videos with consecutive seeds (default %(default)s)"
     )
-    parser.add_argument("--chunk-size", type=int, help="frames per UNet pass for long videos, anchor included (>= 2)")
     parser.add_argument(
-        "--fps", type=float, default=defaults.fps, help="frames per second of the MP4 (default %(default)s)"
+        "--chunk-size", type=int, help="Text2Video-Zero: frames per UNet pass for long videos, anchor included (>= 2)"
+    )
+    parser.add_argument(
+        "--fps", type=float, help=f"frames per second of the MP4 (default: {defaults_by_family('fps')})"
     )
 
 
@@ -92,7 +95,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="t2v-fast", description="Text2Video-Zero video generation.")
+    parser = argparse.ArgumentParser(
+        prog="t2v-fast", description="Text-to-video generation with Text2Video-Zero and ModelScope models."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -151,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", help=f"preset ({', '.join(PRESETS)}), diffusers folder or hub id")
     export.add_argument("--out", type=Path, help="engine directory to create (default: engines/<model name>)")
     export.add_argument(
-        "--frames", type=_positive_int, default=8, help="example frames per video (graph stays dynamic)"
+        "--frames",
+        type=_positive_int,
+        help=f"example frames per video; the graph stays dynamic (default: {defaults_by_family('frames')})",
     )
     export.add_argument("--height", type=_positive_int, help="example height in pixels (default: native size)")
     export.add_argument("--width", type=_positive_int, help="example width in pixels (default: native size)")

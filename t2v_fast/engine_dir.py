@@ -30,7 +30,7 @@ FORMAT_VERSION = 1
 class ExportSettings:
     """Example shapes traced at export (the graph stays dynamic) and the exported precision."""
 
-    frames: int = 8
+    frames: int | None = None  # None: the model family's default frame count
     height: int | None = None
     width: int | None = None
     videos: int = 1

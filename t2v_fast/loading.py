@@ -7,18 +7,24 @@ decision through `_kind`.
 
 from __future__ import annotations
 
-import json
-
-from diffusers import DDIMScheduler
 from transformers import CLIPTokenizer
 
 from .choices import BACKENDS
 from .engine_dir import EngineDir
 from .errors import UserError
-from .models import ModelSpec, load_components, resolve_folder
+from .families import MODELSCOPE, TEXT2VIDEO_ZERO, Family, family_named, family_of_unet
+from .models import ModelSpec, load_components, read_config, resolve_folder, scheduler_from_config
+from .modelscope_pipeline import ModelScopePipeline
 from .pipeline import TextToVideoZeroPipeline
-from .presets import PRESETS, byte_level_tokenizer, preset_configs, strip_meta
-from .runtime import OnnxRuntimeBackend, TorchBackend
+from .presets import PRESETS, preset_configs, preset_scheduler, preset_tokenizer
+from .runtime import ModelBackend, OnnxRuntimeBackend, TorchBackend
+from .video_pipeline import VideoPipeline
+
+# Each family's pipeline: the one loop of that family, over any backend.
+PIPELINES: dict[str, type[VideoPipeline]] = {
+    TEXT2VIDEO_ZERO.name: TextToVideoZeroPipeline,
+    MODELSCOPE.name: ModelScopePipeline,
+}
 
 
 def _kind(model: str) -> str:
@@ -32,19 +38,19 @@ def describe_model(model: str) -> ModelSpec:
     kind = _kind(model)
     if kind == "engines":
         engine_dir = EngineDir.load(model, verify_hashes=False)
+        scheduler = scheduler_from_config(
+            read_config(engine_dir.path, "scheduler"), family_named(engine_dir.info.family)
+        )
         return ModelSpec.from_info(
-            engine_dir.info,
-            DDIMScheduler.from_pretrained(engine_dir.path / "scheduler"),
-            CLIPTokenizer.from_pretrained(engine_dir.path / "tokenizer"),
+            engine_dir.info, scheduler, CLIPTokenizer.from_pretrained(engine_dir.path / "tokenizer")
         )
     if kind == "preset":
         configs = preset_configs(model)
-        scheduler = DDIMScheduler(**strip_meta(configs["scheduler"]))
-        tokenizer = byte_level_tokenizer(configs["text_encoder"]["max_position_embeddings"])
+        scheduler, tokenizer = preset_scheduler(configs), preset_tokenizer(configs)
     else:
         folder = resolve_folder(model)
-        configs = {name: json.loads((folder / name / "config.json").read_text()) for name in ("unet", "vae")}
-        scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
+        configs = {name: read_config(folder, name) for name in ("unet", "vae")}
+        scheduler = scheduler_from_config(read_config(folder, "scheduler"), family_of_unet(configs["unet"]))
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     return ModelSpec.from_configs(model, configs["unet"], configs["vae"], scheduler, tokenizer)
 
@@ -57,8 +63,8 @@ def load_pipeline(
     providers: list[str] | None = None,
     compile_unet: bool = False,
     cuda_graph: bool = False,
-) -> TextToVideoZeroPipeline:
-    """A pipeline on `backend` for a model (preset, diffusers folder, hub id) or an engine directory.
+) -> VideoPipeline:
+    """The model family's pipeline on `backend` for a model (preset, diffusers folder, hub id) or an engine directory.
 
     `torch` takes either (for an engine directory, the model it was exported from); `onnxruntime` and `tensorrt` run
     the exported graphs or built engines of an engine directory. `device` defaults to CUDA when available (for
@@ -75,7 +81,7 @@ def load_pipeline(
             model = EngineDir.load(model, verify_hashes=False).model_id
         components = load_components(model, device=device, dtype=dtype)
         runner = TorchBackend(components, compile_unet=compile_unet)
-        return TextToVideoZeroPipeline(components.tokenizer, components.scheduler, runner)
+        return _pipeline(components.family, components.tokenizer, components.scheduler, runner)
     if kind != "engines":
         raise UserError(
             f"backend {backend!r} runs an engine directory, and {model!r} is not one (no engine.json);"
@@ -93,6 +99,11 @@ def load_pipeline(
         if dtype is not None and precision is None:
             raise UserError(f"TensorRT engines are fp32 or fp16 (their export's precision), not {dtype}")
         runner = TensorRTBackend(engine_dir, device=device, precision=precision)
+    family = family_named(engine_dir.info.family)
     tokenizer = CLIPTokenizer.from_pretrained(engine_dir.path / "tokenizer")
-    scheduler = DDIMScheduler.from_pretrained(engine_dir.path / "scheduler")
-    return TextToVideoZeroPipeline(tokenizer, scheduler, runner)
+    scheduler = scheduler_from_config(read_config(engine_dir.path, "scheduler"), family)
+    return _pipeline(family, tokenizer, scheduler, runner)
+
+
+def _pipeline(family: Family, tokenizer: CLIPTokenizer, scheduler: object, runner: ModelBackend) -> VideoPipeline:
+    return PIPELINES[family.name](tokenizer, scheduler, runner)

@@ -1,4 +1,5 @@
-"""Loading and saving the five Stable Diffusion components, from a preset, a local folder or a hub id."""
+"""Loading and saving a model's five components (tokenizer, text encoder, UNet, VAE, scheduler), from a preset, a
+local folder or a hub id, for either family (`t2v_fast.families`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, SchedulerMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .choices import DTYPE_NAMES
 from .errors import UserError
+from .families import TEXT2VIDEO_ZERO, Family, family_named, family_of_unet
 from .presets import PRESETS, build_random_components
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -22,15 +25,19 @@ DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 @dataclass
 class ModelComponents:
-    """Everything a Text2Video-Zero run needs from a Stable Diffusion 1.x checkpoint."""
+    """Everything a run needs from a checkpoint: a Stable Diffusion 1.x one, or a ModelScope text-to-video one."""
 
     model_id: str
     tokenizer: CLIPTokenizer
     text_encoder: CLIPTextModel
-    unet: UNet2DConditionModel
+    unet: torch.nn.Module  # UNet2DConditionModel or UNet3DConditionModel, by family
     vae: AutoencoderKL
-    scheduler: DDIMScheduler
+    scheduler: SchedulerMixin
     weights_sha256: str
+
+    @property
+    def family(self) -> Family:
+        return family_of_unet({"_class_name": type(self.unet).__name__})
 
     @property
     def vae_scale_factor(self) -> int:
@@ -53,6 +60,7 @@ class ModelInfo:
     text_max_length: int
     text_dim: int
     size_multiple: int
+    family: str
 
     @classmethod
     def from_components(cls, components: ModelComponents) -> ModelInfo:
@@ -65,6 +73,7 @@ class ModelInfo:
             text_max_length=components.tokenizer.model_max_length,
             text_dim=components.text_encoder.config.hidden_size,
             size_multiple=components.vae_scale_factor,
+            family=components.family.name,
         )
 
 
@@ -81,20 +90,23 @@ class ModelSpec:
     native_size: int
     size_multiple: int  # heights and widths are multiples of this: one latent pixel
     min_size: int  # and at least this: two latent pixels
-    scheduler: DDIMScheduler
+    scheduler: SchedulerMixin
     tokenizer: CLIPTokenizer
+    family: Family = TEXT2VIDEO_ZERO
 
     @classmethod
     def from_configs(
-        cls, model_id: str, unet: Any, vae: Any, scheduler: DDIMScheduler, tokenizer: CLIPTokenizer
+        cls, model_id: str, unet: Any, vae: Any, scheduler: SchedulerMixin, tokenizer: CLIPTokenizer
     ) -> ModelSpec:
         scale = vae_scale_factor(vae)
-        return cls(model_id, unet["sample_size"] * scale, scale, 2 * scale, scheduler, tokenizer)
+        family = family_of_unet(unet)
+        return cls(model_id, unet["sample_size"] * scale, scale, 2 * scale, scheduler, tokenizer, family)
 
     @classmethod
-    def from_info(cls, info: ModelInfo, scheduler: DDIMScheduler, tokenizer: CLIPTokenizer) -> ModelSpec:
+    def from_info(cls, info: ModelInfo, scheduler: SchedulerMixin, tokenizer: CLIPTokenizer) -> ModelSpec:
         min_size = max(info.size_multiple, 2 * info.vae_scale_factor)
-        return cls(info.model_id, info.native_size, info.size_multiple, min_size, scheduler, tokenizer)
+        family = family_named(info.family)
+        return cls(info.model_id, info.native_size, info.size_multiple, min_size, scheduler, tokenizer, family)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -165,16 +177,35 @@ def resolve_folder(model: str) -> Path:
     return folder
 
 
+def scheduler_from_config(config: dict[str, Any], family: Family) -> SchedulerMixin:
+    """The scheduler a family runs: Text2Video-Zero is defined with DDIM (checkpoints often ship PNDM, whose config
+    DDIM accepts); ModelScope runs the checkpoint's own scheduler, as its reference does."""
+    name = config.get("_class_name", "DDIMScheduler") if family is not TEXT2VIDEO_ZERO else "DDIMScheduler"
+    scheduler_class = getattr(diffusers, name, None)
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+        raise UserError(f"unknown scheduler class {name!r} in the model's scheduler config")
+    return scheduler_class.from_config(config)
+
+
+def read_config(folder: Path, component: str) -> dict[str, Any]:
+    name = "scheduler_config.json" if component == "scheduler" else "config.json"
+    path = folder / component / name
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+
+
 def _load_pretrained(model: str) -> dict[str, Any]:
     folder = resolve_folder(model)
+    family = family_of_unet(read_config(folder, "unet"))
     try:
         return {
             "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),
             "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder"),
-            "unet": UNet2DConditionModel.from_pretrained(folder / "unet"),
+            "unet": getattr(diffusers, family.unet_class).from_pretrained(folder / "unet"),
             "vae": AutoencoderKL.from_pretrained(folder / "vae"),
-            # Text2Video-Zero is defined with DDIM; checkpoints often ship PNDM, whose config DDIM accepts.
-            "scheduler": DDIMScheduler.from_pretrained(folder / "scheduler"),
+            "scheduler": scheduler_from_config(read_config(folder, "scheduler"), family),
         }
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load model {model!r} from {folder}: {str(error).splitlines()[0]}") from None
@@ -196,9 +227,8 @@ def load_components(
 
 
 def save_components(components: ModelComponents, folder: str | Path) -> Path:
-    """Write a diffusers-format Stable Diffusion folder that diffusers' own pipelines load too."""
-    import diffusers
-
+    """Write a diffusers-format folder that diffusers' own pipelines load too: `StableDiffusionPipeline` (and
+    `TextToVideoZeroPipeline`) for Text2Video-Zero, `TextToVideoSDPipeline` for ModelScope."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     components.tokenizer.save_pretrained(folder / "tokenizer")
@@ -206,20 +236,24 @@ def save_components(components: ModelComponents, folder: str | Path) -> Path:
     components.unet.save_pretrained(folder / "unet")
     components.vae.save_pretrained(folder / "vae")
     components.scheduler.save_pretrained(folder / "scheduler")
-    _save_placeholder_safety_checker(folder)
+    family = components.family
     model_index = {
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": family.pipeline_class,
         "_diffusers_version": diffusers.__version__,
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "requires_safety_checker": False,
-        "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
-        "scheduler": ["diffusers", "DDIMScheduler"],
+        "scheduler": ["diffusers", type(components.scheduler).__name__],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
+        "unet": ["diffusers", family.unet_class],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    (folder / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    if family is TEXT2VIDEO_ZERO:
+        _save_placeholder_safety_checker(folder)
+        model_index |= {
+            "feature_extractor": ["transformers", "CLIPImageProcessor"],
+            "requires_safety_checker": False,
+            "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+        }
+    (folder / "model_index.json").write_text(json.dumps(dict(sorted(model_index.items())), indent=2) + "\n")
     return folder
 
 

@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from .attention_plugin import VideoUNet
+from .families import MODELSCOPE, TEXT2VIDEO_ZERO
 from .models import ModelComponents, ModelInfo
+from .unet3d import VideoUNet3D
 
 # VAE images decoded per call: the pipeline's default, and the largest image batch an engine is built for.
 DECODE_BATCH_SIZE = 8
@@ -150,6 +152,12 @@ def dims(info: ModelInfo, *, videos: int, frames: int, height: int, width: int, 
     }
 
 
+# Each family's UNet as a video model with the one interface below: `(videos, frames, C, h, w)` in and out.
+VIDEO_UNETS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    TEXT2VIDEO_ZERO.name: VideoUNet,
+    MODELSCOPE.name: VideoUNet3D,
+}
+
 NETWORKS: dict[str, NetworkSpec] = {
     "text_encoder": NetworkSpec(
         name="text_encoder",
@@ -160,7 +168,7 @@ NETWORKS: dict[str, NetworkSpec] = {
     ),
     "unet": NetworkSpec(
         name="unet",
-        build=lambda c: VideoUNet(c.unet),
+        build=lambda c: VIDEO_UNETS[c.family.name](c.unet),
         config=lambda c: dict(c.unet.config),
         inputs=(
             TensorSpec("sample", ("videos", "frames", "channels", "latent_height", "latent_width")),

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+from .families import FAMILY_PARAMS, takes
 from .schedule import DEFAULT_STEPS, MIN_STEPS, resolve_t0_t1
 
 if TYPE_CHECKING:
@@ -37,19 +38,21 @@ class ParamProblem:
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Every per-video setting. `height`/`width` default to the model's native size; t0/t1 follow `schedule`."""
+    """Every per-video setting; None means the model's default. `height`/`width` default to the model's native size,
+    frames, guidance, fps and motion to its family's (`t2v_fast.families`), t0/t1 follow `schedule`. Motion, t0, t1
+    and chunk_size are Text2Video-Zero's: a family that does not take them refuses them and resolves them to None."""
 
-    frames: int = 8
+    frames: int | None = None
     steps: int = DEFAULT_STEPS
-    guidance: float = 7.5
+    guidance: float | None = None
     height: int | None = None
     width: int | None = None
-    motion_x: float = 12.0
-    motion_y: float = 12.0
+    motion_x: float | None = None
+    motion_y: float | None = None
     t0: int | None = None
     t1: int | None = None
     chunk_size: int | None = None
-    fps: float = 4.0
+    fps: float | None = None
 
     def problems(self, model: ModelSpec) -> list[ParamProblem]:
         """Every rule these parameters break for `model`, in field order; empty when they are valid."""
@@ -63,38 +66,51 @@ class GenerationParams:
 
     def check(self, model: ModelSpec) -> tuple[GenerationParams, list[ParamProblem]]:
         """The resolved parameters and no problems, or these parameters unchanged and every problem."""
-        height = model.native_size if self.height is None else self.height
-        width = model.native_size if self.width is None else self.width
+        family = model.family
+        given = {name: value for name, value in asdict(self).items() if value is not None}
+        values = {**family.defaults, "height": model.native_size, "width": model.native_size, **given}
         problems = [
-            *_integer("frames", self.frames, minimum=1),
+            *_integer("frames", values["frames"], minimum=1),
             *_integer("steps", self.steps, minimum=MIN_STEPS),
-            *_number("guidance", self.guidance, minimum=0.0),
-            *_size("height", height, model.size_multiple, model.min_size),
-            *_size("width", width, model.size_multiple, model.min_size),
-            *_number("motion_x", self.motion_x),
-            *_number("motion_y", self.motion_y),
+            *_number("guidance", values["guidance"], minimum=0.0),
+            *_size("height", values["height"], model.size_multiple, model.min_size),
+            *_size("width", values["width"], model.size_multiple, model.min_size),
         ]
+        for name in sorted(set(given) & set(FAMILY_PARAMS), key=self.names().index):
+            if not takes(family, name):
+                owner = FAMILY_PARAMS[name].title
+                problems.append(
+                    ParamProblem((name,), f"{name} is a {owner} parameter; {family.title} models do not take it")
+                )
+        if takes(family, "motion_x"):
+            problems += [*_number("motion_x", values["motion_x"]), *_number("motion_y", values["motion_y"])]
+        if takes(family, "t0"):
+            problems += self._t0_t1_problems(model, values, problems)
+        if takes(family, "chunk_size") and self.chunk_size is not None:
+            problems += _integer("chunk_size", self.chunk_size, minimum=MIN_CHUNK_SIZE)
+        problems += _number("fps", values["fps"], minimum=0.0, exclusive=True)
+        if problems:
+            return self, problems
+        values |= {"guidance": float(values["guidance"]), "fps": float(values["fps"])}
+        return replace(self, **{name: values.get(name) for name in self.names()}), []
+
+    def _t0_t1_problems(
+        self, model: ModelSpec, values: dict[str, Any], problems: list[ParamProblem]
+    ) -> list[ParamProblem]:
+        """Check given t0/t1 and derive missing ones into `values` (Text2Video-Zero's motion start and re-noising)."""
+        found = []
         step_count_ok = not any("steps" in p.fields for p in problems)
         for name in ("t0", "t1"):
             value = getattr(self, name)
             if value is not None:
                 maximum = self.steps - 1 if step_count_ok else None
-                problems += _integer(name, value, minimum=0, maximum=maximum, maximum_name="steps-1")
-        t0, t1 = self.t0, self.t1
-        if step_count_ok and not any(p.fields[0] in ("t0", "t1") for p in problems):
+                found += _integer(name, value, minimum=0, maximum=maximum, maximum_name="steps-1")
+        if step_count_ok and not found:
             try:
-                t0, t1 = resolve_t0_t1(model.scheduler, self.steps, self.t0, self.t1)
+                values["t0"], values["t1"] = resolve_t0_t1(model.scheduler, self.steps, self.t0, self.t1)
             except UserError as error:
-                problems.append(ParamProblem(("t0", "t1", "steps"), str(error)))
-        if self.chunk_size is not None:
-            problems += _integer("chunk_size", self.chunk_size, minimum=MIN_CHUNK_SIZE)
-        problems += _number("fps", self.fps, minimum=0.0, exclusive=True)
-        if problems:
-            return self, problems
-        resolved = replace(
-            self, height=height, width=width, t0=t0, t1=t1, guidance=float(self.guidance), fps=float(self.fps)
-        )
-        return resolved, []
+                found.append(ParamProblem(("t0", "t1", "steps"), str(error)))
+        return found
 
     @property
     def uses_guidance(self) -> bool:

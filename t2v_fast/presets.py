@@ -12,6 +12,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+from .families import family_of_unet
 
 if TYPE_CHECKING:  # imported where used: the command line lists the presets without loading torch
     import torch
@@ -94,8 +95,30 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def _packaged_configs(family: str) -> dict[str, dict[str, Any]]:
-    folder = resources.files("t2v_fast") / "configs" / family
+# ModelScope text-to-video's shape (a 3D UNet with temporal convolutions and attention, a CLIP text encoder with GELU)
+# at the tiny preset's widths: seconds per video on a CPU.
+MODELSCOPE_TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "unet": {
+        "_class_name": "UNet3DConditionModel",
+        "block_out_channels": [32, 64],
+        "layers_per_block": 1,
+        "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
+        "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"],
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+    },
+    "vae": TINY_CONFIGS["vae"],
+    "text_encoder": {**TINY_CONFIGS["text_encoder"], "hidden_act": "gelu"},
+    "scheduler": TINY_CONFIGS["scheduler"],
+}
+
+
+def _packaged_configs(model: str) -> dict[str, dict[str, Any]]:
+    folder = resources.files("t2v_fast") / "configs" / model
     return {
         name: json.loads((folder / f"{name}.json").read_text()) for name in ("unet", "vae", "text_encoder", "scheduler")
     }
@@ -105,6 +128,8 @@ PRESETS: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {
     "tiny-random": lambda: TINY_CONFIGS,
     "small-random": lambda: SMALL_CONFIGS,
     "sd15-random": lambda: _packaged_configs("sd15"),
+    "modelscope-tiny-random": lambda: MODELSCOPE_TINY_CONFIGS,
+    "modelscope-random": lambda: _packaged_configs("modelscope-t2v-1.7b"),
 }
 
 
@@ -136,26 +161,37 @@ def strip_meta(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_networks(configs: dict[str, dict[str, Any]]) -> dict[str, torch.nn.Module]:
-    """Text encoder, UNet and VAE from their configs, initialised by the current torch RNG (and device context)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    """Text encoder, UNet (2D or 3D, by its family) and VAE from their configs, initialised by the current torch RNG
+    (and device context)."""
+    import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    unet_class = getattr(diffusers, family_of_unet(configs["unet"]).unet_class)
     return {
         "text_encoder": CLIPTextModel(CLIPTextConfig(**strip_meta(configs["text_encoder"]))),
-        "unet": UNet2DConditionModel(**strip_meta(configs["unet"])),
-        "vae": AutoencoderKL(**strip_meta(configs["vae"])),
+        "unet": unet_class(**strip_meta(configs["unet"])),
+        "vae": diffusers.AutoencoderKL(**strip_meta(configs["vae"])),
     }
 
 
 def build_random_components(name: str, seed: int = 0) -> dict[str, Any]:
-    """Build tokenizer, text encoder, UNet, VAE and DDIM scheduler of a preset with weights fixed by `seed`."""
+    """Build tokenizer, text encoder, UNet, VAE and DDIM scheduler of a preset with weights fixed by `seed`.
+
+    Every preset's scheduler is DDIM, the scheduler of both families' reference checkpoints."""
     import torch
-    from diffusers import DDIMScheduler
 
     configs = preset_configs(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         networks = build_networks(configs)
-    tokenizer = byte_level_tokenizer(configs["text_encoder"]["max_position_embeddings"])
-    scheduler = DDIMScheduler(**strip_meta(configs["scheduler"]))
-    return {"tokenizer": tokenizer, "scheduler": scheduler, **networks}
+    return {"tokenizer": preset_tokenizer(configs), "scheduler": preset_scheduler(configs), **networks}
+
+
+def preset_tokenizer(configs: dict[str, dict[str, Any]]) -> CLIPTokenizer:
+    return byte_level_tokenizer(configs["text_encoder"]["max_position_embeddings"])
+
+
+def preset_scheduler(configs: dict[str, dict[str, Any]]) -> Any:
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**strip_meta(configs["scheduler"]))

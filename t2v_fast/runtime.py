@@ -11,11 +11,15 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .attention_plugin import VideoUNet
 from .engine_dir import EngineDir
 from .errors import UserError
 from .models import ModelComponents, ModelInfo
-from .networks import NETWORKS, TextEncoder, VaeDecoder
+from .networks import NETWORKS
+from .unet3d import chunk_feed_forward
+
+# Tokens per feed-forward call in the torch backend: bounds the largest activation (the feed-forward's 4×-wide hidden
+# layer, 8× with GEGLU) so that peak memory grows with frames no faster than the activations the UNet must keep.
+FEED_FORWARD_CHUNK_TOKENS = 16384
 
 
 class ModelBackend(Protocol):
@@ -61,13 +65,23 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, components: ModelComponents, compile_unet: bool = False, channels_last: bool | None = None):
-        """`channels_last` (default: on CUDA) suits tensor-core convolutions; `compile_unet` runs the UNet through
-        `torch.compile` (Inductor kernels, CUDA graphs on GPU), paid for once by the first call at each shape."""
+    def __init__(
+        self,
+        components: ModelComponents,
+        compile_unet: bool = False,
+        channels_last: bool | None = None,
+        feed_forward_chunk: int | None = FEED_FORWARD_CHUNK_TOKENS,
+    ):
+        """The modules that export writes to ONNX (the `NETWORKS` table), run as they are. `channels_last` (default:
+        on CUDA) suits tensor-core convolutions; `compile_unet` runs the UNet through `torch.compile` (Inductor
+        kernels, CUDA graphs on GPU), paid for once by the first call at each shape; `feed_forward_chunk` runs the
+        UNet's feed-forward networks that many tokens at a time (None: all at once)."""
         self.info = ModelInfo.from_components(components)
-        self.text_encoder = TextEncoder(components.text_encoder)
-        self.unet = VideoUNet(components.unet)
-        self.vae = VaeDecoder(components.vae)
+        self.text_encoder = NETWORKS["text_encoder"].build(components)
+        self.unet = NETWORKS["unet"].build(components)
+        self.vae = NETWORKS["vae_decoder"].build(components)
+        if feed_forward_chunk:
+            chunk_feed_forward(self.unet, feed_forward_chunk)
         self.device = self.unet.unet.device
         self.dtype = self.unet.unet.dtype
         if channels_last if channels_last is not None else self.device.type == "cuda":

@@ -6,7 +6,8 @@ import torch
 from conftest import assert_is_moving_video, max_pixel_diff
 
 from t2v_fast.errors import UserError
-from t2v_fast.pipeline import expand_requests, plan_chunks
+from t2v_fast.pipeline import plan_chunks
+from t2v_fast.video_pipeline import expand_requests
 
 # Batched matmuls accumulate in a different order than single-video ones: observed 1/255, bound 2/255.
 TOLERANCE = 2

@@ -1,0 +1,48 @@
+"""The ModelScope text-to-video pipeline, written once for every backend: diffusers' `TextToVideoSDPipeline` algorithm.
+
+For each batch of videos:
+1. encode the prompts (and negative prompts, for classifier-free guidance);
+2. draw every frame's latent noise at once, `(channels, frames, h, w)` per video as the reference draws it;
+3. denoise all frames together with the checkpoint's scheduler, the 3D UNet relating frames by its temporal
+   convolutions and attention;
+4. decode the latents to frames, a few frames per VAE call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .params import GenerationParams
+from .video_pipeline import VideoPipeline, VideoRequest, check_finite, timed
+
+
+class ModelScopePipeline(VideoPipeline):
+    """ModelScope text-to-video (`UNet3DConditionModel`) over any backend, with the checkpoint's scheduler."""
+
+    def render(
+        self,
+        requests: Sequence[VideoRequest],
+        settings: GenerationParams,
+        text_embeddings: torch.Tensor,
+        timings: dict[str, float],
+        progress: bool = True,
+    ) -> np.ndarray:
+        scheduler = type(self.scheduler).from_config(self.scheduler.config)
+        scheduler.set_timesteps(settings.steps)
+        info = self.backend.info
+        scale = info.vae_scale_factor
+        # The reference draws `(channels, frames, h, w)` per video; the backend's layout is `(frames, channels, h, w)`.
+        shape = (info.latent_channels, settings.frames, settings.height // scale, settings.width // scale)
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(r.seed)) for r in requests])
+        latents = noise.transpose(1, 2).to(self.backend.device, self.backend.dtype) * scheduler.init_noise_sigma
+
+        bar = tqdm(total=len(scheduler.timesteps), desc="denoising", unit="step", disable=not progress)
+        with bar, timed(timings, "denoise_s"):
+            latents = self._denoise(latents, scheduler.timesteps, text_embeddings, settings, scheduler, bar)
+            check_finite(latents, "latents", self.backend.dtype)
+        with timed(timings, "decode_s"):
+            return self.decode_video(latents)

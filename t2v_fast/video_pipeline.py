@@ -1,0 +1,263 @@
+"""What every video pipeline does the same way, whatever its family and backend.
+
+A family's pipeline (`TextToVideoZeroPipeline`, `ModelScopePipeline`) differs only in `render`, the way it turns
+noise into latents; everything around it is here, written once: validating the parameters for the model, one request
+per video with the seed rule, encoding the prompts, classifier-free guidance around the backend's UNet, decoding in
+slices of frames, checks for overflow, and the sidecar metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import SchedulerMixin
+from tqdm.auto import tqdm
+from transformers import CLIPTokenizer
+
+from . import qc
+from ._version import __version__
+from .errors import NumericalError, UserError
+from .models import ModelSpec, dtype_name
+from .networks import DECODE_BATCH_SIZE
+from .params import GenerationParams, raise_problems, request_problems
+from .runtime import ModelBackend
+from .schedule import DEFAULT_STEPS
+from .video import Video
+
+logger = logging.getLogger("t2v_fast")
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    prompt: str
+    negative_prompt: str
+    seed: int
+
+
+def expand_requests(
+    prompt: str | Sequence[str],
+    negative_prompt: str | Sequence[str] | None,
+    seed: int | Sequence[int] | None,
+    videos_per_prompt: int,
+) -> list[VideoRequest]:
+    """One request per video, prompt-major. Seed rule: video k of the call (counting from 0) gets `seed + k`.
+
+    A list of seeds gives one seed per video instead; no seed draws a random base seed (recorded in the metadata).
+    So video k of a batch equals generating its prompt alone with `seed + k`.
+    """
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise UserError("prompt must be a string or a non-empty list of strings")
+    raise_problems(request_problems(videos_per_prompt=videos_per_prompt))
+    if negative_prompt is None or isinstance(negative_prompt, str):
+        negatives = [negative_prompt or ""] * len(prompts)
+    else:
+        negatives = list(negative_prompt)
+        if len(negatives) != len(prompts):
+            raise UserError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")
+    count = len(prompts) * videos_per_prompt
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    seeds = [seed + k for k in range(count)] if isinstance(seed, int) and not isinstance(seed, bool) else list(seed)
+    if len(seeds) != count:
+        raise UserError(f"got {len(seeds)} seeds for {count} videos")
+    problems = [p for text in prompts for p in request_problems(prompt=text)]
+    problems += [p for text in negatives for p in request_problems(negative_prompt=text)]
+    problems += [p for value in seeds for p in request_problems(seed=value)]
+    raise_problems(problems)
+    pairs = [(p, n) for p, n in zip(prompts, negatives, strict=True) for _ in range(videos_per_prompt)]
+    return [VideoRequest(p, n, s) for (p, n), s in zip(pairs, seeds, strict=True)]
+
+
+class VideoPipeline(ABC):
+    """A family's pipeline over any backend. Call `generate` (a list of videos) or `generate_video` (one)."""
+
+    def __init__(
+        self,
+        tokenizer: CLIPTokenizer,
+        scheduler: SchedulerMixin,
+        backend: ModelBackend,
+        decode_batch_size: int = DECODE_BATCH_SIZE,
+    ):
+        self.tokenizer = tokenizer
+        self.scheduler = type(scheduler).from_config(scheduler.config)
+        self.backend = backend
+        self.decode_batch_size = decode_batch_size
+        self.spec = ModelSpec.from_info(backend.info, self.scheduler, tokenizer)
+
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        negative_prompt: str | Sequence[str] | None = None,
+        seed: int | Sequence[int] | None = None,
+        videos_per_prompt: int = 1,
+        frames: int | None = None,
+        steps: int = DEFAULT_STEPS,
+        guidance: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        motion_x: float | None = None,
+        motion_y: float | None = None,
+        t0: int | None = None,
+        t1: int | None = None,
+        chunk_size: int | None = None,
+        fps: float | None = None,
+        progress: bool = True,
+    ) -> list[Video]:
+        """Generate `videos_per_prompt` videos per prompt, prompt-major; always a list.
+
+        `negative_prompt`: one for all prompts or one per prompt. `seed`: video k gets `seed + k` (random when None),
+        or a list with one seed per video. `frames` per video, scheduler `steps`, classifier-free `guidance` (<= 1:
+        off), `height`/`width` in pixels (default: the model's native size; multiples of its VAE scale, 8), `fps` of
+        the MP4. None takes the model family's default (`t2v_fast.families`: 8 frames, guidance 7.5 and 4 fps for
+        Text2Video-Zero; 16 frames, guidance 9.0 and 8 fps for ModelScope).
+        Text2Video-Zero only: `motion_x`/`motion_y` translation per frame in 1/512 of the frame (default 12),
+        `t0`/`t1` steps counted from the end (default: the reference's 44/47 of 50, scaled), `chunk_size` frames per
+        UNet pass for long videos. Another family refuses them with a `UserError`.
+        """
+        started = time.perf_counter()
+        settings = GenerationParams(
+            frames, steps, guidance, height, width, motion_x, motion_y, t0, t1, chunk_size, fps
+        ).resolve(self.spec)
+        requests = expand_requests(prompt, negative_prompt, seed, videos_per_prompt)
+        timings = {"encode_text_s": 0.0, "denoise_s": 0.0, "decode_s": 0.0}
+
+        with timed(timings, "encode_text_s"):
+            text_embeddings = self.encode_prompts(requests, settings.uses_guidance)
+        frames = self.render(requests, settings, text_embeddings, timings, progress)
+        timings["total_s"] = time.perf_counter() - started
+
+        return [
+            Video(frames=frames[i], metadata=self._metadata(request, settings, timings, len(requests), frames[i]))
+            for i, request in enumerate(requests)
+        ]
+
+    def generate_video(self, prompt: str, **options: Any) -> Video:
+        """One video of one prompt: `generate`'s keyword arguments, except `videos_per_prompt`."""
+        if not isinstance(prompt, str) or options.get("videos_per_prompt", 1) != 1:
+            raise UserError("generate_video makes one video of one prompt; use generate for several")
+        return self.generate(prompt, **options)[0]
+
+    def encode_prompts(self, requests: Sequence[VideoRequest], guidance: bool) -> torch.Tensor:
+        """Per-video text embeddings; with guidance, `[negatives..., prompts...]` as the UNet batch expects."""
+        negatives = [r.negative_prompt for r in requests] if guidance else []
+        texts = negatives + [r.prompt for r in requests]
+        unique = list(dict.fromkeys(texts))
+        tokens = self.tokenizer(
+            unique,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        for text, length in zip(unique, self.tokenizer(unique, return_length=True)["length"], strict=True):
+            if length > self.tokenizer.model_max_length:
+                logger.warning("prompt truncated to %d CLIP tokens: %.60r...", self.tokenizer.model_max_length, text)
+        embeddings = self.backend.encode_text(tokens.input_ids).to(self.backend.dtype)
+        return embeddings[[unique.index(text) for text in texts]]
+
+    @abstractmethod
+    def render(
+        self,
+        requests: Sequence[VideoRequest],
+        settings: GenerationParams,
+        text_embeddings: torch.Tensor,
+        timings: dict[str, float],
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Noise to decoded frames for a batch of videos, uint8 `(videos, F, H, W, 3)`: the family's algorithm."""
+
+    def _noise(self, generators: Sequence[torch.Generator], frames: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Gaussian noise `(videos, frames, *shape)`, drawn on the CPU so a seed gives the same video on any device."""
+        noise = torch.stack([torch.randn((frames, *shape), generator=g) for g in generators])
+        return noise.to(self.backend.device, self.backend.dtype)
+
+    def _denoise(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        settings: GenerationParams,
+        scheduler: SchedulerMixin,
+        bar: tqdm,
+    ) -> torch.Tensor:
+        """Scheduler steps with classifier-free guidance; the UNet batch is `[unconditional..., conditional...]`."""
+        for t in timesteps:
+            model_input = torch.cat([latents, latents]) if settings.uses_guidance else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise = self.backend.predict_noise(model_input, t, text_embeddings)
+            if settings.uses_guidance:
+                unconditional, conditional = noise.chunk(2)
+                noise = unconditional + settings.guidance * (conditional - unconditional)
+            latents = scheduler.step(noise, t, latents).prev_sample
+            bar.update()
+        return latents
+
+    def decode_video(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents `(videos, F, C, h, w)` -> uint8 frames `(videos, F, H, W, 3)`, a few frames per VAE call."""
+        flat = latents.flatten(0, 1)
+        frames = []
+        for start in range(0, len(flat), self.decode_batch_size):
+            images = self.backend.decode_latents(flat[start : start + self.decode_batch_size])
+            check_finite(images, "decoded frames", self.backend.dtype)
+            pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+            frames.append(pixels.permute(0, 2, 3, 1).cpu().numpy())
+        frames = np.concatenate(frames).reshape(*latents.shape[:2], *frames[0].shape[1:])
+        black = np.flatnonzero(frames.reshape(-1, frames[0, 0].size).max(axis=1) == 0)
+        if black.size:
+            video, frame = divmod(int(black[0]), latents.shape[1])
+            raise NumericalError(
+                f"frame {frame} of video {video} is entirely black, a sign of overflow in"
+                f" {dtype_name(self.backend.dtype)}; try another dtype (float32, or bfloat16 on GPUs)"
+            )
+        return frames
+
+    def _metadata(
+        self,
+        request: VideoRequest,
+        settings: GenerationParams,
+        timings: dict[str, float],
+        batch: int,
+        frames: np.ndarray,
+    ) -> dict[str, Any]:
+        info = self.backend.info
+        return {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "seed": request.seed,
+            "params": settings.as_dict(),
+            "model": {"id": info.model_id, "family": info.family, "weights_sha256": info.weights_sha256},
+            "backend": self.backend.name,
+            **self.backend.placement,
+            "dtype": dtype_name(self.backend.dtype),
+            "timings": {**{k: round(v, 4) for k, v in timings.items()}, "videos_in_batch": batch},
+            "qc": qc.measure(frames),
+            "t2v_fast_version": __version__,
+        }
+
+
+def check_finite(tensor: torch.Tensor, what: str, dtype: torch.dtype) -> None:
+    if not torch.isfinite(tensor).all():
+        raise NumericalError(
+            f"NaN or Inf in the {what}, a sign of overflow in {dtype_name(dtype)}; try another dtype"
+            " (float32, or bfloat16 on GPUs)"
+        )
+
+
+@contextmanager
+def timed(timings: dict[str, float], key: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] += time.perf_counter() - started
