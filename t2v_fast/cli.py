@@ -387,13 +387,19 @@ def _ui(args: argparse.Namespace) -> int:
     return 0
 
 
+NETWORK_MODULES = ("text_encoder", "unet", "vae")
+
+
 def _model_save(args: argparse.Namespace) -> int:
     from .models import load_components, save_components
 
     if args.folder.exists() and any(args.folder.iterdir()):
         raise UserError(f"folder {str(args.folder)!r} exists and is not empty")
-    save_components(load_components(args.preset, device="cpu", dtype="float32"), args.folder)
-    print(f"wrote {args.preset} to {args.folder}")
+    components = load_components(args.preset, device="cpu", dtype="float32")
+    save_components(components, args.folder)
+    counts = {name: sum(p.numel() for p in getattr(components, name).parameters()) for name in NETWORK_MODULES}
+    sizes = ", ".join(f"{name} {count / 1e6:,.1f} M" for name, count in counts.items())
+    print(f"wrote {args.preset} ({components.family.title}; parameters: {sizes}) to {args.folder}")
     return 0
 
 
