@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import max_pixel_diff, run_cli
+from test_video_output import read_mp4
 
 from t2v_fast import ModelScopePipeline, TextToVideoZeroPipeline, load_pipeline
 from t2v_fast.errors import UserError
 from t2v_fast.models import load_components
 from t2v_fast.runtime import TorchBackend
 from t2v_fast.unet3d import VideoUNet3D
-from test_video_output import read_mp4
 
 TOLERANCE = 2
 PROMPT, NEGATIVE = "a panda playing guitar on times square", "blurry, low quality"
