@@ -7,4 +7,6 @@ from pathlib import Path
 
 # The contenders, in the order they run and are reported.
 BACKENDS = ("reference", "torch", "torch-compiled", "onnxruntime", "tensorrt")
+# The parts of a benchmark run, selectable with --sections.
+SECTIONS = ("backends", "memory_sweep", "throughput")
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"

@@ -6,15 +6,19 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from . import BACKENDS, RESULTS_ROOT
+from . import BACKENDS, RESULTS_ROOT, SECTIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t2v-fast bench", description="Latency, memory and FLOPs of every backend against the reference."
     )
-    parser.add_argument("--preset", help="tiny-random, small-random (default) or sd15-random")
-    parser.add_argument("--frames", type=int)
+    parser.add_argument(
+        "--preset",
+        help="tiny-random, small-random (default), sd15-random, modelscope-tiny-random or modelscope-random;"
+        " the reference contender is the preset family's diffusers pipeline",
+    )
+    parser.add_argument("--frames", type=int, help="default: the model family's (8 Text2Video-Zero, 16 ModelScope)")
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--steps", type=int)
@@ -24,18 +28,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--backends", help=f"comma-separated subset of {','.join(BACKENDS)}")
     parser.add_argument("--sweep-frames", help="frame counts of the memory sweep, e.g. 8,16,32,64")
+    parser.add_argument(
+        "--sections", help=f"comma-separated subset of {','.join(SECTIONS)} (default: all), e.g. memory_sweep alone"
+    )
     parser.add_argument("--quick", action="store_true", help="seconds on a CPU, for CI: checks the harness, not speed")
     parser.add_argument("--out", type=Path, help=f"results root (default {RESULTS_ROOT})")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.sections.split(",")) - set(SECTIONS)) if args.sections else []
+    if unknown:
+        parser.error(f"unknown benchmark sections {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     overrides: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "backends", "sweep_frames", "out")
+        k: v
+        for k, v in vars(args).items()
+        if v is not None and k not in ("quick", "backends", "sweep_frames", "sections", "out")
     }
     if args.backends:
         overrides["backends"] = tuple(args.backends.split(","))
+    if args.sections:
+        overrides["sections"] = tuple(args.sections.split(","))
     if args.sweep_frames:
         overrides["sweep_frames"] = tuple(int(v) for v in args.sweep_frames.split(","))
     if args.out:

@@ -4,6 +4,8 @@ Everything is measured side by side in one process run, on the same inputs: per 
 VAE decode of all frames, end to end per video), cold start separately from warm runs, medians and p90s, peak memory,
 counted FLOPs and achieved TFLOP/s against a matmul ceiling measured in the same run, speed-up against diffusers'
 reference, fidelity against the reference's frames, a memory sweep over frame counts and batched throughput.
+The reference is the model family's diffusers pipeline (`runners.REFERENCE_RUNNERS`). `sections` selects parts, e.g.
+the memory sweep alone for a full-size model on a machine where the rest would take hours.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import datetime as dt
 import re
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,22 +23,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from t2v_fast.families import takes
 from t2v_fast.loading import describe_model, load_pipeline
 from t2v_fast.models import ModelInfo, dtype_name, load_components, resolve_device, resolve_dtype, save_components
 from t2v_fast.params import GenerationParams
-from t2v_fast.pipeline import TextToVideoZeroPipeline
 from t2v_fast.quiet import quiet_libraries
+from t2v_fast.runtime import FEED_FORWARD_CHUNK_TOKENS
+from t2v_fast.unet3d import chunk_feed_forward
+from t2v_fast.video_pipeline import VideoPipeline
 
-from . import BACKENDS, RESULTS_ROOT
+from . import BACKENDS, RESULTS_ROOT, SECTIONS
 from .measure import PeakMemory, count_flops, describe_machine, make_rss_track_live_memory, matmul_ceiling, timed
 from .report import write_outputs
-from .runners import ReferenceRunner, Unavailable, Workload, onnxruntime_runner, tensorrt_runner, torch_runner
+from .runners import REFERENCE_RUNNERS, Unavailable, Workload, onnxruntime_runner, tensorrt_runner, torch_runner
 
 
 @dataclass
 class BenchConfig:
     preset: str = "small-random"
-    frames: int = 8
+    frames: int | None = None  # the model family's default
     height: int | None = None
     width: int | None = None
     steps: int = 20
@@ -48,6 +55,7 @@ class BenchConfig:
     sweep_chunk_size: int = 8
     throughput_videos: int = 4
     quick: bool = False
+    sections: tuple[str, ...] = SECTIONS
     out_root: Path = RESULTS_ROOT
     notes: list[str] = field(default_factory=list)
 
@@ -104,7 +112,7 @@ def _run_backend(runner, work: Workload, config: BenchConfig, device: torch.devi
     }
 
 
-def _flops(pipeline: TextToVideoZeroPipeline, work: Workload) -> dict[str, int]:
+def _flops(pipeline: VideoPipeline, work: Workload) -> dict[str, int]:
     sample, timestep, text = work.unet_inputs()
     with torch.inference_mode():
         unet = count_flops(lambda: pipeline.backend.predict_noise(sample, timestep, text))
@@ -112,29 +120,56 @@ def _flops(pipeline: TextToVideoZeroPipeline, work: Workload) -> dict[str, int]:
     return {"unet_call": unet, "per_video": video // work.videos}
 
 
-def _memory_sweep(pipeline: TextToVideoZeroPipeline, work: Workload, config: BenchConfig) -> list[dict[str, Any]]:
-    """Peak memory of one video as frames grow, chunked beyond `sweep_chunk_size`: should stay flat."""
-    params = {**work.params, "steps": 2, "t0": 0, "t1": 1}
+def _memory_sweep(pipeline: VideoPipeline, work: Workload, config: BenchConfig) -> list[dict[str, Any]]:
+    """Peak memory of one video as frames grow, 2 steps.
+
+    Text2Video-Zero runs chunked beyond `sweep_chunk_size` frames: memory should stay flat. ModelScope's UNet relates
+    all frames at once, so its activations must grow with frames; each frame count runs twice, as we run it
+    (feed-forward chunking, decoding a few frames per VAE call) and without those savings (whole feed-forward, every
+    frame in one VAE call, as the reference does), to show what they save.
+    """
+    family = pipeline.spec.family
+    params = {**work.params, "steps": 2}
+    if takes(family, "t0"):
+        params |= {"t0": 0, "t1": 1}
     rows = []
     for frames in config.sweep_frames:
-        chunk = config.sweep_chunk_size if frames > config.sweep_chunk_size else None
-        memory = PeakMemory(pipeline.backend.device)
-        started = time.perf_counter()
-        with memory.track():
-            pipeline.generate("a sweep", seed=0, progress=False, **{**params, "frames": frames, "chunk_size": chunk})
-        rows.append(
-            {
-                "frames": frames,
-                "chunk_size": chunk,
-                "peak_memory_bytes": memory.peak_bytes,
-                "added_bytes": memory.peak_bytes - memory.baseline_bytes,
-                "seconds": time.perf_counter() - started,
-            }
-        )
+        chunk = config.sweep_chunk_size if takes(family, "chunk_size") and frames > config.sweep_chunk_size else None
+        run = {**params, "frames": frames, "chunk_size": chunk}
+        row = {"frames": frames, "chunk_size": chunk, **_peak(pipeline, run)}
+        if not takes(family, "chunk_size"):
+            with _without_memory_savings(pipeline, frames):
+                row["without_savings"] = _peak(pipeline, run)
+        rows.append(row)
     return rows
 
 
-def _throughput(pipeline: TextToVideoZeroPipeline, work: Workload, config: BenchConfig) -> dict[str, Any]:
+def _peak(pipeline: VideoPipeline, params: dict[str, Any]) -> dict[str, Any]:
+    memory = PeakMemory(pipeline.backend.device)
+    started = time.perf_counter()
+    with memory.track():
+        pipeline.generate("a sweep", seed=0, progress=False, **params)
+    return {
+        "peak_memory_bytes": memory.peak_bytes,
+        "added_bytes": memory.peak_bytes - memory.baseline_bytes,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+@contextmanager
+def _without_memory_savings(pipeline: VideoPipeline, frames: int) -> Iterator[None]:
+    """The torch backend's feed-forward in one call and every frame decoded in one VAE call, for the duration."""
+    decode_batch_size = pipeline.decode_batch_size
+    chunk_feed_forward(pipeline.backend.unet, None)
+    pipeline.decode_batch_size = frames
+    try:
+        yield
+    finally:
+        chunk_feed_forward(pipeline.backend.unet, FEED_FORWARD_CHUNK_TOKENS)
+        pipeline.decode_batch_size = decode_batch_size
+
+
+def _throughput(pipeline: VideoPipeline, work: Workload, config: BenchConfig) -> dict[str, Any]:
     """Videos per hour on this device, one prompt per call versus all prompts in one batched call."""
     count = config.throughput_videos
     prompts, seeds = [f"scene {k}" for k in range(count)], list(range(count))
@@ -181,6 +216,18 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     spec = describe_model(config.preset)
     params = GenerationParams(frames=config.frames, steps=config.steps, height=config.height, width=config.width)
     params = params.resolve(spec).as_dict()
+    result: dict[str, Any] = {
+        "schema_version": 1,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": describe_machine(device),
+        "config": {
+            **{k: v for k, v in asdict(config).items() if k not in ("out_root",)},
+            "device": device_name,
+            "dtype": dtype_str,
+            "family": spec.family.name,
+            "resolved_params": params,
+        },
+    }
     components = load_components(config.preset, device="cpu", dtype="float32")
     work = Workload(
         prompts=[f"a panda playing guitar, take {k}" for k in range(config.videos)],
@@ -191,24 +238,39 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         dtype=dtype,
         info=ModelInfo.from_components(components),
     )
-    folder = Path(tempfile.mkdtemp(prefix="t2v-bench-model-")) / config.preset
-    save_components(components, folder)  # the reference loads the same weights from a diffusers folder
+    if "backends" in config.sections:
+        folder = Path(tempfile.mkdtemp(prefix="t2v-bench-model-")) / config.preset
+        save_components(components, folder)  # the reference loads the same weights from a diffusers folder
     del components
+    if "backends" in config.sections:
+        result |= _compare_backends(config, work, folder, device, dtype)
+    eager = load_pipeline(config.preset, device=device_name, dtype=dtype_str)  # memory sweep, throughput
+    if "memory_sweep" in config.sections:
+        result["memory_sweep"] = _memory_sweep(eager, work, config)
+    if "throughput" in config.sections:
+        result["throughput"] = _throughput(eager, work, config)
+    return result
 
+
+def _compare_backends(
+    config: BenchConfig, work: Workload, folder: Path, device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
+    """Every selected contender through the same stages, then FLOPs, the matmul ceiling and derived ratios."""
+    device_name, dtype_str, params = str(device), dtype_name(dtype), work.params
     makers = {
-        "reference": lambda: ReferenceRunner(folder),
+        "reference": lambda: REFERENCE_RUNNERS[work.info.family](folder),
         "torch": lambda: torch_runner(config.preset, device_name, dtype_str, compile_unet=False),
         "torch-compiled": lambda: torch_runner(config.preset, device_name, dtype_str, compile_unet=True),
         "onnxruntime": lambda: onnxruntime_runner(
             config.preset,
             device,
             "fp16" if dtype == torch.float16 else "fp32",
-            config.frames,
+            params["frames"],
             params["height"],
             params["width"],
         ),
         "tensorrt": lambda: tensorrt_runner(
-            config.preset, device, config.frames, params["height"], params["width"], config.videos
+            config.preset, device, params["frames"], params["height"], params["width"], config.videos
         ),
     }
     results: dict[str, Any] = {}
@@ -226,28 +288,13 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         print(f"{name}: {_one_line(results[name])}", flush=True)
 
     ceiling = matmul_ceiling(device, dtype if device.type == "cuda" else torch.float32)
-    eager = load_pipeline(config.preset, device=device_name, dtype=dtype_str)  # FLOPs, memory sweep, throughput
+    eager = load_pipeline(config.preset, device=device_name, dtype=dtype_str)
     flops = _flops(eager, work)
+    del eager
     torch_frames = results.get("torch", {}).get("_frames")
     dtype_fidelity = _dtype_fidelity(config.preset, work, device_name, dtype_str, torch_frames)
     _derive(results, flops, ceiling)
-    return {
-        "schema_version": 1,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(device),
-        "config": {
-            **{k: v for k, v in asdict(config).items() if k not in ("out_root",)},
-            "device": device_name,
-            "dtype": dtype_str,
-            "resolved_params": params,
-        },
-        "matmul_ceiling": ceiling,
-        "flops": flops,
-        "dtype_fidelity": dtype_fidelity,
-        "backends": results,
-        "memory_sweep": _memory_sweep(eager, work, config),
-        "throughput": _throughput(eager, work, config),
-    }
+    return {"matmul_ceiling": ceiling, "flops": flops, "dtype_fidelity": dtype_fidelity, "backends": results}
 
 
 def _derive(results: dict[str, Any], flops: dict[str, int], ceiling: dict[str, Any]) -> None:

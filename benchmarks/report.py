@@ -21,13 +21,32 @@ def _mib(value: int) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     machine, config = result["machine"], result["config"]
-    params, ceiling, flops = config["resolved_params"], result["matmul_ceiling"], result["flops"]
+    params = config["resolved_params"]
     chip = machine.get("gpu") or machine.get("cpu")
     lines = [
-        f"# Benchmark: {config['preset']}, {params['frames']} frames {params['width']}×{params['height']}, "
-        f"{params['steps']} steps, {config['videos']} video(s) per batch, {config['dtype']} on {config['device']}",
+        f"# Benchmark: {config['preset']} ({config['family']}), {params['frames']} frames"
+        f" {params['width']}×{params['height']}, {params['steps']} steps, {config['videos']} video(s) per batch,"
+        f" {config['dtype']} on {config['device']}",
         "",
         f"{result['date']}; {chip}, {machine['cpu_cores']} cores, torch {machine['torch']}.",
+    ]
+    if "backends" in result:
+        lines += _backends_table(result)
+    if "memory_sweep" in result:
+        lines += _memory_table(result["memory_sweep"])
+    if "throughput" in result:
+        t = result["throughput"]
+        lines += [
+            "",
+            f"Throughput (torch backend, {t['videos']} videos): {t['sequential_videos_per_hour']:.0f} videos/hour one"
+            f" prompt per call, {t['batched_videos_per_hour']:.0f} videos/hour batched in one call.",
+        ]
+    return "\n".join([*lines, ""])
+
+
+def _backends_table(result: dict[str, Any]) -> list[str]:
+    ceiling, flops = result["matmul_ceiling"], result["flops"]
+    lines = [
         f"Matmul ceiling ({ceiling['dtype']}, n={ceiling['n']}): {ceiling['tflops']:.3f} TFLOP/s.",
         f"FLOPs (counted): {flops['unet_call'] / 1e9:.1f} G per UNet call, {flops['per_video'] / 1e9:.1f} G per video.",
         "",
@@ -51,18 +70,6 @@ def markdown(result: dict[str, Any]) -> str:
             f" | {r['unet_tflops']:.3f} ({100 * r['unet_fraction_of_ceiling']:.0f} %)"
             f" | {_mib(r['peak_memory_bytes'])} | {r.get('max_pixel_diff_vs_reference', '-')} | {cold} |"
         )
-    lines += [
-        "",
-        "Memory sweep (one video, torch backend, 2 steps; chunked beyond the chunk size):",
-        "",
-        "| frames | chunk size | peak memory MiB | added during the run MiB | seconds |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    lines += [
-        f"| {m['frames']} | {m['chunk_size'] or '-'} | {_mib(m['peak_memory_bytes'])} | {_mib(m['added_bytes'])}"
-        f" | {m['seconds']:.1f} |"
-        for m in result["memory_sweep"]
-    ]
     fidelity = result["dtype_fidelity"]
     if fidelity["compared"]:
         lines += [
@@ -70,21 +77,40 @@ def markdown(result: dict[str, Any]) -> str:
             f"{fidelity['dtype']} against float32 (torch backend, same seeds): max pixel difference"
             f" {fidelity['max_pixel_diff_vs_float32']}, mean {fidelity['mean_pixel_diff_vs_float32']:.2f} (of 255).",
         ]
-    t = result["throughput"]
-    lines += [
+    return lines
+
+
+def _memory_table(sweep: list[dict[str, Any]]) -> list[str]:
+    """Peak memory per frame count; with the peak without our memory savings when the sweep measured it."""
+    compared = any("without_savings" in row for row in sweep)
+    lines = [
         "",
-        f"Throughput (torch backend, {t['videos']} videos): {t['sequential_videos_per_hour']:.0f} videos/hour one"
-        f" prompt per call, {t['batched_videos_per_hour']:.0f} videos/hour batched in one call.",
+        "Memory sweep (one video, torch backend, 2 steps; Text2Video-Zero chunked beyond the chunk size; ModelScope"
+        " also without feed-forward chunking and sliced decoding, as the reference runs):",
         "",
+        "| frames | chunk size | peak memory MiB | added during the run MiB | seconds |"
+        + (" without savings: peak / added MiB | seconds |" if compared else ""),
+        "| --- | --- | --- | --- | --- |" + (" --- | --- |" if compared else ""),
     ]
-    return "\n".join(lines)
+    for m in sweep:
+        line = (
+            f"| {m['frames']} | {m['chunk_size'] or '-'} | {_mib(m['peak_memory_bytes'])} | {_mib(m['added_bytes'])}"
+            f" | {m['seconds']:.1f} |"
+        )
+        if baseline := m.get("without_savings"):
+            line += (
+                f" {_mib(baseline['peak_memory_bytes'])} / {_mib(baseline['added_bytes'])}"
+                f" | {baseline['seconds']:.1f} |"
+            )
+        lines.append(line)
+    return lines
 
 
 def chart(result: dict[str, Any]) -> Image.Image:
     """Horizontal bars: end-to-end seconds per video of each available backend."""
     bars = [
         (name, r["stages"]["end_to_end_per_video"]["median_s"])
-        for name, r in result["backends"].items()
+        for name, r in result.get("backends", {}).items()
         if r.get("available")
     ]
     width, row, left = 720, 36, 150

@@ -1,7 +1,9 @@
 """One runner per contender, all driven through the same stages on the same inputs.
 
-`ReferenceRunner` is diffusers' TextToVideoZeroPipeline (eager), the baseline users compare with; it cannot batch
-videos (its cross-frame attention hard-codes one video), so its per-video time is that of one video per call.
+The reference is the family's diffusers pipeline (eager), the baseline users compare with: `ReferenceRunner` is
+`TextToVideoZeroPipeline`, which cannot batch videos (its cross-frame attention hard-codes one video), so its
+per-video time is that of one video per call; `ModelScopeReferenceRunner` is `TextToVideoSDPipeline`, which batches
+prompts with one generator per video, and decodes every frame in one VAE call.
 `PipelineRunner` is our pipeline on one backend.
 """
 
@@ -18,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from t2v_fast.families import MODELSCOPE, TEXT2VIDEO_ZERO
 from t2v_fast.loading import load_pipeline
 from t2v_fast.models import ModelInfo
 from t2v_fast.networks import NETWORKS, dims
-from t2v_fast.pipeline import TextToVideoZeroPipeline, VideoRequest
+from t2v_fast.video_pipeline import VideoPipeline, VideoRequest
 
 
 class Unavailable(Exception):
@@ -65,10 +68,10 @@ class Workload:
 class PipelineRunner:
     """t2v-fast on one backend; `prepare` returns the pipeline and the cold-start timings it cost."""
 
-    def __init__(self, name: str, prepare: Callable[[], tuple[TextToVideoZeroPipeline, dict[str, float]]]):
+    def __init__(self, name: str, prepare: Callable[[], tuple[VideoPipeline, dict[str, float]]]):
         self.name = name
         self._prepare = prepare
-        self.pipeline: TextToVideoZeroPipeline | None = None
+        self.pipeline: VideoPipeline | None = None
         self.cold: dict[str, float] = {}
 
     def load(self, work: Workload) -> None:
@@ -147,6 +150,54 @@ class ReferenceRunner:
         return np.stack(videos)
 
 
+class ModelScopeReferenceRunner:
+    name = "reference"
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.cold: dict[str, float] = {}
+
+    def load(self, work: Workload) -> None:
+        from diffusers import TextToVideoSDPipeline
+
+        started = time.perf_counter()
+        self.pipe = TextToVideoSDPipeline.from_pretrained(str(self.folder), dtype=work.dtype).to(work.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.cold = {"load_s": time.perf_counter() - started}
+        self.work = work
+        sample, self.timestep, self.text = work.unet_inputs()
+        self.sample = sample.transpose(1, 2)  # diffusers' layout: (videos, C, frames, h, w)
+        self.latents = work.latents().transpose(1, 2)
+
+    def encode(self) -> Any:
+        return self.pipe.encode_prompt(
+            self.work.prompts, self.work.device, 1, True, [self.work.negative_prompt] * self.work.videos
+        )
+
+    @torch.no_grad()
+    def unet(self) -> Any:
+        return self.pipe.unet(self.sample, self.timestep, encoder_hidden_states=self.text).sample
+
+    @torch.no_grad()
+    def decode(self) -> Any:
+        return self.pipe.decode_latents(self.latents)
+
+    def generate(self, work: Workload) -> np.ndarray:
+        frames = self.pipe(
+            prompt=work.prompts,
+            negative_prompt=[work.negative_prompt] * work.videos,
+            generator=[torch.Generator().manual_seed(seed) for seed in work.seeds],
+            output_type="np",
+            **reference_arguments(work.params, MODELSCOPE_REFERENCE_NAMES),
+        ).frames
+        return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+
+
+REFERENCE_RUNNERS: dict[str, Callable[[Path], Any]] = {
+    TEXT2VIDEO_ZERO.name: ReferenceRunner,
+    MODELSCOPE.name: ModelScopeReferenceRunner,
+}
+
 REFERENCE_NAMES = {
     "frames": "video_length",
     "height": "height",
@@ -160,9 +211,18 @@ REFERENCE_NAMES = {
 }
 
 
-def reference_arguments(params: dict[str, Any]) -> dict[str, Any]:
-    """Our generation parameters under the names diffusers' TextToVideoZeroPipeline takes."""
-    return {theirs: params[ours] for ours, theirs in REFERENCE_NAMES.items() if ours in params}
+MODELSCOPE_REFERENCE_NAMES = {
+    "frames": "num_frames",
+    "height": "height",
+    "width": "width",
+    "steps": "num_inference_steps",
+    "guidance": "guidance_scale",
+}
+
+
+def reference_arguments(params: dict[str, Any], names: dict[str, str] = REFERENCE_NAMES) -> dict[str, Any]:
+    """Our generation parameters under the names a diffusers pipeline takes (default: TextToVideoZeroPipeline's)."""
+    return {theirs: params[ours] for ours, theirs in names.items() if ours in params}
 
 
 def torch_runner(model: str, device: str, dtype: str, compile_unet: bool) -> PipelineRunner:

@@ -103,19 +103,25 @@ def _export_component(
     }
 
 
+NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration", "torch.utils._sympy.interp")
+
+
 @contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Hide the exporter's harmless notes (no torchvision ops, pytree deprecations, axis renames)."""
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
+    """Hide the exporter's harmless notes (no torchvision ops, pytree deprecations, axis renames, and a symbolic
+    division it retries another way while tracing the 3D UNet's temporal layers)."""
+    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", message=".*axis name.*will not be used", category=UserWarning)
             yield
     finally:
-        registration.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _jsonable(config: dict[str, Any]) -> dict[str, Any]:

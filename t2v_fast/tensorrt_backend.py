@@ -143,8 +143,9 @@ AXES = ("videos", "frames", "height", "width")
 
 
 def default_ranges(engine_dir: EngineDir, static: bool, given: dict[str, AxisRange] | None = None) -> BuildRanges:
-    """Ranges around the export's example shapes: exactly them with `static`, else room for 1-4 videos and 1-24
-    frames (at least the export's) at the export's size; `given` ranges override either."""
+    """Ranges around the export's example shapes: exactly them with `static`, else room for 1-4 videos and from 1
+    frame to twice the export's (at least 24) at the export's size; `given` ranges override either. The export's
+    frame count is its family's default unless chosen (8 Text2Video-Zero: 1-24 frames; 16 ModelScope: 1-32)."""
     export, native = engine_dir.export_settings, engine_dir.info.native_size
     exported = {
         "videos": export.videos,
@@ -154,7 +155,7 @@ def default_ranges(engine_dir: EngineDir, static: bool, given: dict[str, AxisRan
     }
     dynamic = {
         "videos": AxisRange(1, export.videos, max(export.videos, 4)),
-        "frames": AxisRange(1, export.frames, max(export.frames, 24)),
+        "frames": AxisRange(1, export.frames, max(2 * export.frames, 24)),
     }
     ranges = {}
     for axis, value in exported.items():

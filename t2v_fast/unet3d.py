@@ -12,6 +12,8 @@ The tests hold it to diffusers' own forward (and the pipeline to `TextToVideoSDP
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
@@ -83,9 +85,12 @@ class TokenChunkedFeedForward(nn.Module):
         return out.reshape(*hidden_states.shape[:-1], -1)
 
 
-def chunk_feed_forward(unet: nn.Module, max_tokens: int) -> None:
-    """Run every transformer block's feed-forward network of a diffusers UNet `max_tokens` tokens at a time."""
+def chunk_feed_forward(unet: nn.Module, max_tokens: int | None) -> None:
+    """Run every transformer block's feed-forward network of a diffusers UNet `max_tokens` tokens at a time (None:
+    all at once). Calling it again changes the chunk size."""
     for module in list(unet.modules()):
         feed_forward = getattr(module, "ff", None)
-        if isinstance(feed_forward, nn.Module) and not isinstance(feed_forward, TokenChunkedFeedForward):
-            module.ff = TokenChunkedFeedForward(feed_forward, max_tokens)
+        if isinstance(feed_forward, TokenChunkedFeedForward):
+            feed_forward.max_tokens = max_tokens or sys.maxsize
+        elif isinstance(feed_forward, nn.Module):
+            module.ff = TokenChunkedFeedForward(feed_forward, max_tokens or sys.maxsize)

@@ -72,6 +72,23 @@ def test_generate_through_the_api(app, tmp_path):
     assert metadata["seed"] == 11 and metadata["params"]["frames"] == 5 and len(files) == 1
 
 
+def test_a_modelscope_model_takes_its_defaults_and_refuses_motion(app):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, _ = app
+    client = Client(url, verbose=False)
+    # Empty frames, guidance and fps; the motion sliders at rest: the family's defaults, no motion.
+    arguments = ["a kite", "modelscope-tiny-random", "", None, 3, None, 0, 0, 5, 12, 12, -1, -1, 0, None, 1]
+    path, metadata, _ = client.predict(*arguments, api_name="/generate")
+    meta, frames = read_mp4(Path(path))
+    assert frames.shape == (16, 64, 64, 3) and meta["fps"] == pytest.approx(8.0)
+    assert metadata["model"]["family"] == "modelscope" and metadata["params"]["guidance"] == 9.0
+    arguments[9] = 4  # δx moved: a Text2Video-Zero parameter
+    with pytest.raises(AppError, match="motion_x is a Text2Video-Zero parameter"):
+        client.predict(*arguments, api_name="/generate")
+
+
 def _video_facts(page, selector):
     """Duration and size of the video element under `selector`, once the browser has read its metadata."""
     find = f"document.querySelector('{selector} video')"

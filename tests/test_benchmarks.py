@@ -77,3 +77,37 @@ def test_markdown_and_chart(bench):
     assert "Memory sweep" in table and "Throughput" in table
     with Image.open(folder / "chart.png") as chart:
         assert chart.format == "PNG" and chart.width == 720
+
+
+def test_modelscope_against_its_own_reference(tmp_path):
+    """`--preset modelscope-...` races TextToVideoSDPipeline; the memory sweep measures what our savings save."""
+    result = run_cli(
+        "bench",
+        "--quick",
+        "--preset",
+        "modelscope-tiny-random",
+        "--backends",
+        "reference,torch",
+        "--sections",
+        "backends,memory_sweep",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [folder] = tmp_path.iterdir()
+    report = json.loads((folder / "results.json").read_text())
+    assert report["config"]["family"] == "modelscope" and "throughput" not in report
+    assert report["config"]["resolved_params"]["motion_x"] is None
+    backends = report["backends"]
+    assert backends["reference"]["available"] and backends["torch"]["available"]
+    assert backends["torch"]["max_pixel_diff_vs_reference"] <= 2
+    assert backends["onnxruntime"]["reason"] == "not selected for this run (--quick)"
+    for row in report["memory_sweep"]:
+        assert row["chunk_size"] is None and row["without_savings"]["peak_memory_bytes"] > 0
+    assert "without savings" in (folder / "results.md").read_text()
+
+
+def test_unknown_section_is_a_clear_error(tmp_path):
+    result = run_cli("bench", "--quick", "--sections", "speed", "--out", str(tmp_path))
+    assert result.returncode == 2 and "unknown benchmark sections speed" in result.stderr
+    assert "Traceback" not in result.stderr

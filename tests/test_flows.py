@@ -102,3 +102,23 @@ def test_batch_rejects_a_broken_file_in_one_line(tmp_path):
     manifest.write_text("id,text\n1,a cat\n")
     result = run_cli("batch", str(manifest), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "no 'prompt' column" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_nightly_takes_a_modelscope_model_without_new_flags(harness, tmp_path):
+    from t2v_fast.flows.nightly import nightly
+
+    manifest = tmp_path / "prompts.csv"
+    manifest.write_text("id,prompt,seed,frames,t0\nkite,a red kite,1,3,\nsea,the sea,2,,\nlate,a bird,3,3,40\n")
+    out = tmp_path / "out"
+    counts = nightly(str(manifest), str(out), model="modelscope-tiny-random", shard_size=1, defaults={"steps": 3})
+    assert counts == {"done": 2, "skipped": 0, "failed": 0, "rejected": 1}
+    assert read_csv(out / "rejected.csv") == [
+        {
+            "row": "4",
+            "column": "t0",
+            "problem": "t0 is a Text2Video-Zero parameter; ModelScope text-to-video models do not take it",
+        }
+    ]
+    sidecar = json.loads((out / "sea.json").read_text())
+    assert sidecar["model"]["family"] == "modelscope" and sidecar["params"]["frames"] == 16
+    assert read_mp4(out / "kite.mp4")[1].shape == (3, 64, 64, 3)

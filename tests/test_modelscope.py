@@ -236,3 +236,24 @@ def test_onnxruntime_video_equals_torch_at_another_size_and_frame_count(ms_engin
 def test_check_command_passes_on_the_export(ms_engines):
     result = run_cli("check", str(ms_engines))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_tensorrt_default_ranges_admit_every_call_of_a_default_generation(ms_engines, ms_pipeline, static):
+    """TensorRT ranges for this family, from its export (16 frames): every shape a default generation sends fits."""
+    from test_tensorrt import ShapeRecorder
+
+    from t2v_fast.engine_dir import EngineDir
+    from t2v_fast.tensorrt_backend import default_ranges, profile_index
+
+    engine_dir = EngineDir.load(ms_engines, verify_hashes=False)
+    ranges = default_ranges(engine_dir, static=static)
+    assert (ranges.frames.optimum, ranges.frames.maximum) == ((16, 16) if static else (16, 32))
+    recorder = ShapeRecorder(ms_pipeline.backend)
+    ModelScopePipeline(ms_pipeline.tokenizer, ms_pipeline.scheduler, recorder).generate(
+        "a cat", steps=2, progress=False
+    )
+    assert ("unet", {"sample": (2, 16, 4, 8, 8), "encoder_hidden_states": (2, 77, 32)}) in recorder.calls
+    profiles = ranges.profiles(engine_dir.info)
+    outside = [call for call in recorder.calls if profile_index(profiles[call[0]], call[1]) is None]
+    assert not outside, outside[:3]
