@@ -22,7 +22,7 @@ import gradio as gr
 
 from .errors import T2vFastError, UserError
 from .families import TEXT2VIDEO_ZERO, defaults_by_family, takes
-from .loading import load_pipeline
+from .loading import describe_model, load_pipeline
 from .params import GenerationParams, raise_problems, request_problems
 from .presets import PRESETS
 
@@ -122,6 +122,15 @@ class App:
         paths = [str(v.save(folder / f"{stamp}-seed{v.metadata['seed']}.mp4")) for v in videos]
         return paths[0], videos[0].metadata, paths
 
+    def family_defaults(self, model: str) -> tuple[Any, Any, Any]:
+        """The model family's frames, guidance and fps, put in the form when the model changes (unchanged when the
+        model cannot be described: Run says why)."""
+        try:
+            family = describe_model(model).family
+        except T2vFastError:
+            return gr.update(), gr.update(), gr.update()
+        return family.defaults["frames"], family.defaults["guidance"], family.defaults["fps"]
+
     def load_night(self, folder: str) -> tuple[str, list[list[Any]], list[list[Any]]]:
         """Counts per status (and QC), the rows, and the rejected rows of a night's output folder."""
         path = Path(folder or "").expanduser().resolve()
@@ -156,7 +165,10 @@ class App:
 
     def build(self, night_folder: str) -> gr.Blocks:
         with gr.Blocks(title="t2v-fast") as demo:
-            gr.Markdown("# t2v-fast\nText2Video-Zero: text to video, and a review room for each night's output.")
+            gr.Markdown(
+                "# t2v-fast\nText to video (Text2Video-Zero and ModelScope models), and a review room for each"
+                " night's output."
+            )
             with gr.Tab("Generate"):
                 with gr.Row():
                     with gr.Column():
@@ -165,11 +177,12 @@ class App:
                         run = gr.Button("Run", variant="primary")
                         with gr.Accordion("Advanced options", open=False):
                             negative = gr.Textbox(label="Negative prompt")
+                            initial = self.family_defaults(self.models[0])
                             frames = gr.Number(
-                                None, label="Frames (video length)", precision=0, info=_by_family("frames")
+                                initial[0], label="Frames (video length)", precision=0, info=_by_family("frames")
                             )
                             steps = gr.Number(DEFAULTS.steps, label="Steps", precision=0)
-                            guidance = gr.Number(None, label="Guidance scale", info=_by_family("guidance"))
+                            guidance = gr.Number(initial[1], label="Guidance scale", info=_by_family("guidance"))
                             height = gr.Number(0, label="Height (0: native size)", precision=0)
                             width = gr.Number(0, label="Width (0: native size)", precision=0)
                             seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
@@ -178,7 +191,7 @@ class App:
                             t0 = gr.Number(-1, label="t0 (-1: 44 of 50 steps, scaled)", precision=0)
                             t1 = gr.Number(-1, label="t1 (-1: 47 of 50 steps, scaled)", precision=0)
                             chunk = gr.Number(0, label="Chunk size (0: whole video at once)", precision=0)
-                            fps = gr.Number(None, label="Frames per second", info=_by_family("fps"))
+                            fps = gr.Number(initial[2], label="Frames per second", info=_by_family("fps"))
                             videos = gr.Number(1, label="Videos per prompt", precision=0)
                     with gr.Column():
                         video = gr.Video(label="Video", autoplay=True, elem_id="result-video")
@@ -187,6 +200,7 @@ class App:
                 inputs = [prompt, model, negative, frames, steps, guidance, height, width, seed]
                 inputs += [motion_x, motion_y, t0, t1, chunk, fps, videos]
                 run.click(self.generate, inputs, [video, metadata, files], api_name="generate")
+                model.change(self.family_defaults, model, [frames, guidance, fps], api_name=False)
             with gr.Tab("Night"):
                 with gr.Row():
                     folder = gr.Textbox(night_folder, label="Output folder of a night", scale=4)
@@ -209,7 +223,7 @@ class App:
 
 
 def _by_family(param: str) -> str:
-    return f"empty: the model's default ({defaults_by_family(param)})"
+    return f"set to the model's default when the model changes: {defaults_by_family(param)}"
 
 
 def _int(value: float | None, unset: int | None = None) -> int | None:

@@ -114,6 +114,15 @@ def _set(page, label, value):
     raise AssertionError(f"{label!r} reads {field.input_value()!r} after typing {value!r}")
 
 
+def _field_reads(page, label, value):
+    field = page.get_by_label(label, exact=True)
+    for _ in range(100):
+        if field.input_value() == value:
+            return
+        page.wait_for_timeout(200)
+    raise AssertionError(f"{label!r} reads {field.input_value()!r}, expected {value!r}")
+
+
 def _error_shown(page, text):
     page.get_by_text(text).first.wait_for(timeout=60_000)
 
@@ -154,7 +163,13 @@ def _walk_through_both_tabs(page, url, out):
     _set(page, "Frames (video length)", "6")
     page.get_by_role("button", name="Run").click()
     _error_shown(page, "is not a preset")
+    # Choosing a model puts its family's defaults in the form.
+    _set(page, "Model", "modelscope-tiny-random")
+    _field_reads(page, "Frames (video length)", "16")
+    _field_reads(page, "Frames per second", "8")
     _set(page, "Model", "tiny-random")
+    _field_reads(page, "Frames (video length)", "8")
+    _set(page, "Frames (video length)", "6")
 
     _set(page, "Steps", "6")
     _set(page, "Seed (-1: random)", "7")
