@@ -243,8 +243,11 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         save_components(components, folder)  # the reference loads the same weights from a diffusers folder
     del components
     if "backends" in config.sections:
-        result |= _compare_backends(config, work, folder, device, dtype)
-    eager = load_pipeline(config.preset, device=device_name, dtype=dtype_str)  # memory sweep, throughput
+        results = _run_contenders(config, work, folder, device, dtype)
+    # Loaded once, after the contenders (so their peak memory is their own): FLOPs, memory sweep, throughput.
+    eager = load_pipeline(config.preset, device=device_name, dtype=dtype_str)
+    if "backends" in config.sections:
+        result |= _summarise_contenders(results, eager, config, work, device, dtype)
     if "memory_sweep" in config.sections:
         result["memory_sweep"] = _memory_sweep(eager, work, config)
     if "throughput" in config.sections:
@@ -252,10 +255,10 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     return result
 
 
-def _compare_backends(
+def _run_contenders(
     config: BenchConfig, work: Workload, folder: Path, device: torch.device, dtype: torch.dtype
 ) -> dict[str, Any]:
-    """Every selected contender through the same stages, then FLOPs, the matmul ceiling and derived ratios."""
+    """Every selected contender through the same stages."""
     device_name, dtype_str, params = str(device), dtype_name(dtype), work.params
     makers = {
         "reference": lambda: REFERENCE_RUNNERS[work.info.family](folder),
@@ -286,11 +289,21 @@ def _compare_backends(
         except Unavailable as reason:
             results[name] = {"available": False, "reason": str(reason)}
         print(f"{name}: {_one_line(results[name])}", flush=True)
+    return results
 
+
+def _summarise_contenders(
+    results: dict[str, Any],
+    eager: VideoPipeline,
+    config: BenchConfig,
+    work: Workload,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    """FLOPs, the matmul ceiling and fidelity, and the ratios derived from them, all from this same run."""
+    device_name, dtype_str = str(device), dtype_name(dtype)
     ceiling = matmul_ceiling(device, dtype if device.type == "cuda" else torch.float32)
-    eager = load_pipeline(config.preset, device=device_name, dtype=dtype_str)
     flops = _flops(eager, work)
-    del eager
     torch_frames = results.get("torch", {}).get("_frames")
     dtype_fidelity = _dtype_fidelity(config.preset, work, device_name, dtype_str, torch_frames)
     _derive(results, flops, ceiling)

@@ -99,34 +99,42 @@ class PipelineRunner:
         return np.stack([v.frames for v in videos])
 
 
-class ReferenceRunner:
+class DiffusersReference:
+    """What both families' references share: loading the diffusers pipeline from the saved folder (timed as the
+    cold start), and encoding the prompts with its own `encode_prompt`."""
+
     name = "reference"
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.cold: dict[str, float] = {}
 
+    def _load_pipeline(self, pipeline_class: Any, work: Workload) -> None:
+        started = time.perf_counter()
+        self.pipe = pipeline_class.from_pretrained(str(self.folder), dtype=work.dtype).to(work.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.cold = {"load_s": time.perf_counter() - started}
+        self.work = work
+
+    def encode(self) -> Any:
+        return self.pipe.encode_prompt(
+            self.work.prompts, self.work.device, 1, True, [self.work.negative_prompt] * self.work.videos
+        )
+
+
+class ReferenceRunner(DiffusersReference):
     def load(self, work: Workload) -> None:
         from diffusers import TextToVideoZeroPipeline as Reference
         from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
             CrossFrameAttnProcessor2_0,
         )
 
-        started = time.perf_counter()
-        self.pipe = Reference.from_pretrained(str(self.folder), dtype=work.dtype).to(work.device)
-        self.pipe.set_progress_bar_config(disable=True)
-        self.cold = {"load_s": time.perf_counter() - started}
-        self.work = work
+        self._load_pipeline(Reference, work)
         self.processor = CrossFrameAttnProcessor2_0(batch_size=2 * work.videos)
         sample, self.timestep, text = work.unet_inputs()
         frames = sample.shape[1]
         self.sample, self.text = sample.flatten(0, 1), text.repeat_interleave(frames, 0)
         self.latents = work.latents().flatten(0, 1)
-
-    def encode(self) -> Any:
-        return self.pipe.encode_prompt(
-            self.work.prompts, self.work.device, 1, True, [self.work.negative_prompt] * self.work.videos
-        )
 
     @torch.no_grad()
     def unet(self) -> Any:
@@ -150,29 +158,14 @@ class ReferenceRunner:
         return np.stack(videos)
 
 
-class ModelScopeReferenceRunner:
-    name = "reference"
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.cold: dict[str, float] = {}
-
+class ModelScopeReferenceRunner(DiffusersReference):
     def load(self, work: Workload) -> None:
         from diffusers import TextToVideoSDPipeline
 
-        started = time.perf_counter()
-        self.pipe = TextToVideoSDPipeline.from_pretrained(str(self.folder), dtype=work.dtype).to(work.device)
-        self.pipe.set_progress_bar_config(disable=True)
-        self.cold = {"load_s": time.perf_counter() - started}
-        self.work = work
+        self._load_pipeline(TextToVideoSDPipeline, work)
         sample, self.timestep, self.text = work.unet_inputs()
         self.sample = sample.transpose(1, 2)  # diffusers' layout: (videos, C, frames, h, w)
         self.latents = work.latents().transpose(1, 2)
-
-    def encode(self) -> Any:
-        return self.pipe.encode_prompt(
-            self.work.prompts, self.work.device, 1, True, [self.work.negative_prompt] * self.work.videos
-        )
 
     @torch.no_grad()
     def unet(self) -> Any:

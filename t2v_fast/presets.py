@@ -99,17 +99,10 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
 # at the tiny preset's widths: seconds per video on a CPU.
 MODELSCOPE_TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "unet": {
+        **TINY_CONFIGS["unet"],
         "_class_name": "UNet3DConditionModel",
-        "block_out_channels": [32, 64],
-        "layers_per_block": 1,
         "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
         "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"],
-        "cross_attention_dim": 32,
-        "attention_head_dim": 8,
-        "norm_num_groups": 8,
-        "sample_size": 8,
-        "in_channels": 4,
-        "out_channels": 4,
     },
     "vae": TINY_CONFIGS["vae"],
     "text_encoder": {**TINY_CONFIGS["text_encoder"], "hidden_act": "gelu"},
