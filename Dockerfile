@@ -5,7 +5,14 @@
 #   docker run --gpus all -e PREFECT_API_URL=http://PREFECT_SERVER:4200/api -v /shared:/shared t2v-fast-worker
 #
 # Outputs, manifests and engine directories live on /shared, a path every node mounts the same way.
-FROM nvcr.io/nvidia/tensorrt:25.01-py3
+#
+# Pins, and why (not built in CI: no Docker there):
+# - Base: NGC's TensorRT 25.10 container, CUDA 13.0 with TensorRT 10.13, inside the `tensorrt` extra's bounds
+#   (>=10.0,<12), so installing the extra keeps the container's TensorRT (checked below) rather than pulling a
+#   second copy from PyPI built against another CUDA.
+# - torch: the CUDA 13.0 build from PyTorch's cu130 index, matching the container's CUDA (TensorRT and torch then
+#   share one CUDA runtime and driver requirement); the PyPI default wheel's CUDA changes between releases.
+FROM nvcr.io/nvidia/tensorrt:25.10-py3
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -13,9 +20,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /opt/t2v-fast
 
-# PyTorch's Linux wheels on PyPI are CUDA builds; pinned to the version the project is tested with.
 ARG TORCH_SPEC="torch==2.13.0"
-RUN python3 -m pip install "${TORCH_SPEC}"
+ARG TORCH_INDEX="https://download.pytorch.org/whl/cu130"
+RUN python3 -m pip install --index-url "${TORCH_INDEX}" "${TORCH_SPEC}" \
+    && python3 -c "import os, torch; cuda = os.environ['CUDA_VERSION'].split('.')[0]; \
+assert torch.version.cuda.split('.')[0] == cuda, (torch.version.cuda, cuda)" \
+    && python3 -c "import tensorrt; print(tensorrt.__version__)" > /tmp/tensorrt-version
 
 # The library and the folders installed inside it (t2v_fast.export, .flows, .benchmarks); the deployments run the
 # flows from where they are installed, the same path on every node of this image.
@@ -24,7 +34,8 @@ COPY t2v_fast ./t2v_fast
 COPY export ./export
 COPY flows ./flows
 COPY benchmarks ./benchmarks
-RUN python3 -m pip install ".[tensorrt,flows]" && python3 -c "import tensorrt, t2v_fast.flows.nightly"
+RUN python3 -m pip install ".[tensorrt,flows]" && python3 -c "import tensorrt, t2v_fast.flows.nightly; \
+assert tensorrt.__version__ == open('/tmp/tensorrt-version').read().strip(), 'the extra replaced the container TensorRT'"
 
 RUN useradd --create-home --uid 1000 worker && chown -R worker /opt/t2v-fast
 USER worker

@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format system-packages
+.PHONY: demo test test-fast lint format screenshots system-packages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,11 @@ system-packages:
 
 test: lint system-packages
 	$(BIN)/python -m pytest
+
+# The quicker loop: everything but the tests that start a Prefect cluster (servers, workers, PostgreSQL).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow and not integration"
+
+# Refresh the README's pictures of the web app (tests alone never write into the tree).
+screenshots: $(STAMP) system-packages
+	T2V_FAST_SCREENSHOTS=docs $(BIN)/python -m pytest tests/test_app.py -k real_browser

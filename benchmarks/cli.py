@@ -32,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--sections", help=f"comma-separated subset of {','.join(SECTIONS)} (default: all), e.g. memory_sweep alone"
     )
     parser.add_argument("--quick", action="store_true", help="seconds on a CPU, for CI: checks the harness, not speed")
-    parser.add_argument("--out", type=Path, help=f"results root (default {RESULTS_ROOT})")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"results root (default {RESULTS_ROOT}, outside the source tree; benchmarks/results holds committed"
+        " ones); a run writes a new DEVICE-DATE folder there and never overwrites one",
+    )
     return parser
 
 

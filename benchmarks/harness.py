@@ -14,7 +14,7 @@ import datetime as dt
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,17 +61,19 @@ class BenchConfig:
 
     @classmethod
     def quick_config(cls, **overrides: Any) -> BenchConfig:
-        """Seconds on a CPU: the tiny model, few steps and frames, no compilation. Checks the harness, not speed."""
+        """Seconds on a CPU: the tiny model, few steps and frames, no compilation, and no ONNX export (half a minute
+        by itself; `--backends reference,torch,onnxruntime` adds it). Checks the harness, not speed."""
         settings = dict(
             preset="tiny-random",
             frames=4,
             steps=3,
             warmup=0,
             repeats=2,
-            sweep_frames=(8, 16),
+            sweep_frames=(4, 8),
+            sweep_chunk_size=4,
             throughput_videos=2,
             quick=True,
-            backends=("reference", "torch", "onnxruntime", "tensorrt"),
+            backends=("reference", "torch", "tensorrt"),
         )
         return cls(**{**settings, **overrides})
 
@@ -108,6 +110,7 @@ def _run_backend(runner, work: Workload, config: BenchConfig, device: torch.devi
         "stages": {**_stage_timings(runner, work, config, device), "end_to_end_per_video": per_video},
         "peak_memory_bytes": memory.peak_bytes,
         "memory_before_bytes": memory.baseline_bytes,
+        "allocator_peak_bytes": memory.allocator_peak_bytes,
         "_frames": frames,
     }
 
@@ -208,7 +211,10 @@ def _dtype_fidelity(model: str, work: Workload, device: str, dtype: str, frames:
     }
 
 
-def run_benchmark(config: BenchConfig) -> dict[str, Any]:
+def run_benchmark(config: BenchConfig, on_section: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The whole benchmark; `on_section` gets the result so far after every contender and section, so that a run
+    stopped at its time limit has written what it measured."""
+    written = on_section or (lambda result: None)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     device_name, dtype_str = str(device), dtype_name(dtype)
@@ -238,34 +244,47 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         dtype=dtype,
         info=ModelInfo.from_components(components),
     )
-    if "backends" in config.sections:
-        folder = Path(tempfile.mkdtemp(prefix="t2v-bench-model-")) / config.preset
-        save_components(components, folder)  # the reference loads the same weights from a diffusers folder
+    # Built once (a full-size random preset takes a minute to initialise on the CPU), saved, and loaded from there
+    # by every contender: the reference, our backends, the exports.
+    folder = Path(tempfile.mkdtemp(prefix="t2v-bench-model-")) / config.preset
+    save_components(components, folder)
     del components
+    model = str(folder)
+    written(result)
     if "backends" in config.sections:
-        results = _run_contenders(config, work, folder, device, dtype)
+        results = _run_contenders(
+            config, work, folder, device, dtype, lambda done: written({**result, "backends": done})
+        )
     # Loaded once, after the contenders (so their peak memory is their own): FLOPs, memory sweep, throughput.
-    eager = load_pipeline(config.preset, device=device_name, dtype=dtype_str)
+    eager = load_pipeline(model, device=device_name, dtype=dtype_str)
     if "backends" in config.sections:
-        result |= _summarise_contenders(results, eager, config, work, device, dtype)
+        result |= _summarise_contenders(results, eager, config, work, device, dtype, model)
+        written(result)
     if "memory_sweep" in config.sections:
         result["memory_sweep"] = _memory_sweep(eager, work, config)
+        written(result)
     if "throughput" in config.sections:
         result["throughput"] = _throughput(eager, work, config)
+        written(result)
     return result
 
 
 def _run_contenders(
-    config: BenchConfig, work: Workload, folder: Path, device: torch.device, dtype: torch.dtype
+    config: BenchConfig,
+    work: Workload,
+    folder: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    on_contender: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
-    """Every selected contender through the same stages."""
-    device_name, dtype_str, params = str(device), dtype_name(dtype), work.params
+    """Every selected contender through the same stages; `on_contender` gets the results so far after each."""
+    device_name, dtype_str, params, model = str(device), dtype_name(dtype), work.params, str(folder)
     makers = {
         "reference": lambda: REFERENCE_RUNNERS[work.info.family](folder),
-        "torch": lambda: torch_runner(config.preset, device_name, dtype_str, compile_unet=False),
-        "torch-compiled": lambda: torch_runner(config.preset, device_name, dtype_str, compile_unet=True),
+        "torch": lambda: torch_runner(model, device_name, dtype_str, compile_unet=False),
+        "torch-compiled": lambda: torch_runner(model, device_name, dtype_str, compile_unet=True),
         "onnxruntime": lambda: onnxruntime_runner(
-            config.preset,
+            model,
             device,
             "fp16" if dtype == torch.float16 else "fp32",
             params["frames"],
@@ -273,7 +292,7 @@ def _run_contenders(
             params["width"],
         ),
         "tensorrt": lambda: tensorrt_runner(
-            config.preset, device, params["frames"], params["height"], params["width"], config.videos
+            model, device, params["frames"], params["height"], params["width"], config.videos
         ),
     }
     results: dict[str, Any] = {}
@@ -288,7 +307,10 @@ def _run_contenders(
             results[name] = _run_backend(makers[name](), work, config, device)
         except Unavailable as reason:
             results[name] = {"available": False, "reason": str(reason)}
+        except Exception as error:  # one failing contender (e.g. a compiler error on a new GPU) must not cost the rest
+            results[name] = {"available": False, "reason": f"failed: {type(error).__name__}: {error}"}
         print(f"{name}: {_one_line(results[name])}", flush=True)
+        on_contender({k: {f: v for f, v in r.items() if f != "_frames"} for k, r in results.items()})
     return results
 
 
@@ -299,13 +321,14 @@ def _summarise_contenders(
     work: Workload,
     device: torch.device,
     dtype: torch.dtype,
+    model: str,
 ) -> dict[str, Any]:
     """FLOPs, the matmul ceiling and fidelity, and the ratios derived from them, all from this same run."""
     device_name, dtype_str = str(device), dtype_name(dtype)
     ceiling = matmul_ceiling(device, dtype if device.type == "cuda" else torch.float32)
     flops = _flops(eager, work)
     torch_frames = results.get("torch", {}).get("_frames")
-    dtype_fidelity = _dtype_fidelity(config.preset, work, device_name, dtype_str, torch_frames)
+    dtype_fidelity = _dtype_fidelity(model, work, device_name, dtype_str, torch_frames)
     _derive(results, flops, ceiling)
     return {"matmul_ceiling": ceiling, "flops": flops, "dtype_fidelity": dtype_fidelity, "backends": results}
 
@@ -343,10 +366,27 @@ def _one_line(result: dict[str, Any]) -> str:
 def run_and_report(config: BenchConfig) -> Path:
     """Run the benchmark and write results.json, results.md and chart.png; the folder they went to."""
     quiet_libraries()
-    result = run_benchmark(config)
-    folder = config.out_root / f"{device_slug(result)}-{result['date'][:10]}"
-    write_outputs(result, folder)
-    return folder
+    folder: list[Path] = []
+
+    def write(result: dict[str, Any]) -> None:
+        if not folder:
+            folder.append(new_folder(config.out_root, f"{device_slug(result)}-{result['date'][:10]}"))
+        write_outputs(result, folder[0])
+
+    write(run_benchmark(config, write))
+    return folder[0]
+
+
+def new_folder(root: Path, name: str) -> Path:
+    """`root/name`, or `name-2`, `name-3`, ... when taken: a run never overwrites a result (e.g. a committed one)."""
+    for attempt in range(1, 1000):
+        folder = root / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return folder
+    raise FileExistsError(f"{root} holds 999 results named {name}")
 
 
 def device_slug(result: dict[str, Any]) -> str:

@@ -49,30 +49,36 @@ def make_rss_track_live_memory() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
 
 
+def _device_used_bytes(device: torch.device) -> int:
+    """Memory in use on the whole GPU (cudaMemGetInfo, as NVML reports it): torch's allocator, and also what ONNX
+    Runtime's arena, TensorRT's engines and the CUDA context hold, which `max_memory_allocated` never sees."""
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free
+
+
 class PeakMemory:
-    """Peak memory during a block: CUDA `max_memory_allocated`, or process RSS sampled every 5 ms on the CPU."""
+    """Peak memory during a block, sampled every 5 ms: on CUDA the device's used memory (`peak_bytes`) and torch's
+    allocator peak (`allocator_peak_bytes`); on the CPU the process RSS."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.peak_bytes = 0
         self.baseline_bytes = 0
+        self.allocator_peak_bytes: int | None = None
 
     @contextmanager
     def track(self):
-        if self.device.type == "cuda":
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:
             synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.baseline_bytes = torch.cuda.memory_allocated(self.device)
-            yield self
-            synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
-            return
-        self.baseline_bytes = self.peak_bytes = _rss_bytes()
+        used = (lambda: _device_used_bytes(self.device)) if on_cuda else _rss_bytes
+        self.baseline_bytes = self.peak_bytes = used()
         running = True
 
         def sample() -> None:
             while running:
-                self.peak_bytes = max(self.peak_bytes, _rss_bytes())
+                self.peak_bytes = max(self.peak_bytes, used())
                 time.sleep(0.005)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -80,9 +86,13 @@ class PeakMemory:
         try:
             yield self
         finally:
+            if on_cuda:
+                synchronize(self.device)
             running = False
             sampler.join()
-            self.peak_bytes = max(self.peak_bytes, _rss_bytes())
+            self.peak_bytes = max(self.peak_bytes, used())
+            if on_cuda:
+                self.allocator_peak_bytes = torch.cuda.max_memory_allocated(self.device)
 
 
 def count_flops(fn: Callable[[], Any]) -> int:

@@ -30,8 +30,11 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"{result['date']}; {chip}, {machine['cpu_cores']} cores, torch {machine['torch']}.",
     ]
-    if "backends" in result:
+    if "backends" in result and "matmul_ceiling" in result:
         lines += _backends_table(result)
+    elif "backends" in result:  # written after each contender, before the figures derived from all of them
+        lines += ["", "Partial run, contenders so far (end to end per video, median s):", ""]
+        lines += [f"- {name}: {_partial(r)}" for name, r in result["backends"].items()]
     if "memory_sweep" in result:
         lines += _memory_table(result["memory_sweep"])
     if "throughput" in result:
@@ -42,6 +45,12 @@ def markdown(result: dict[str, Any]) -> str:
             f" prompt per call, {t['batched_videos_per_hour']:.0f} videos/hour batched in one call.",
         ]
     return "\n".join([*lines, ""])
+
+
+def _partial(r: dict[str, Any]) -> str:
+    if not r.get("available"):
+        return f"not available: {r['reason']}"
+    return f"{r['stages']['end_to_end_per_video']['median_s']:.3f}"
 
 
 def _backends_table(result: dict[str, Any]) -> list[str]:

@@ -245,7 +245,9 @@ def onnxruntime_runner(
 
         folder = Path(tempfile.mkdtemp(prefix="t2v-bench-onnx-"))
         started = time.perf_counter()
-        export_model(model, folder / "engines", ExportSettings(frames, height, width, 1, export_dtype), progress=False)
+        settings = ExportSettings(frames, height, width, 1, export_dtype)
+        # Traced on the device the contender runs on: an fp16 model never materialises on the CPU.
+        export_model(model, folder / "engines", settings, progress=False, device=str(device))
         exported = time.perf_counter()
         pipeline = load_pipeline(str(folder / "engines"), backend="onnxruntime")
         return pipeline, {"export_s": exported - started, "load_s": time.perf_counter() - exported}
@@ -269,7 +271,7 @@ def tensorrt_runner(
 
         folder = Path(tempfile.mkdtemp(prefix="t2v-bench-trt-")) / "engines"
         started = time.perf_counter()
-        export_model(model, folder, ExportSettings(frames, height, width, videos, "fp16"), progress=False)
+        export_model(model, folder, ExportSettings(frames, height, width, videos, "fp16"), False, str(device))
         exported = time.perf_counter()
         fixed = [AxisRange(v, v, v) for v in (videos, frames, height, width)]
         build_engines(EngineDir.load(folder), BuildRanges(*fixed), "fp16", progress=False)

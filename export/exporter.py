@@ -61,11 +61,15 @@ def _export_component(
 
     path = folder / f"{network.name}.onnx"
     module = network.build(components).eval()
-    inputs = network.sample_inputs(example, dtype, torch.Generator().manual_seed(0))
+    device = next(module.parameters()).device
+    inputs = {
+        name: tensor.to(device)
+        for name, tensor in network.sample_inputs(example, dtype, torch.Generator().manual_seed(0)).items()
+    }
     started = time.perf_counter()
     with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
-            module,
+            _traced(module, inputs, network),
             tuple(inputs.values()),
             input_names=network.input_names,
             output_names=[network.output.name],
@@ -75,12 +79,12 @@ def _export_component(
             optimize=True,  # onnxscript's optimiser: constant folding and dead-code removal
             verbose=False,
         )
-        expected = module(*inputs.values())
     # Protobuf cannot hold 2 GiB: the exporter moves large models' weights to `NAME.onnx.data` by its own threshold,
     # so we record whichever files it wrote.
     program.save(str(path))
     # Shape inference through the path API, which also works for models with external data.
     onnx.shape_inference.infer_shapes_path(str(path), str(path))
+    output_dtype = graph_output_dtype(path)
     data = path.with_name(path.name + ".data")
     external = data.is_file()
     files = [path, data] if external else [path]
@@ -95,12 +99,30 @@ def _export_component(
             {"name": spec.name, "dtype": ONNX_DTYPES[inputs[spec.name].dtype], "shape": spec.describe(fixed)}
             for spec in network.inputs
         ],
-        "outputs": [
-            {"name": network.output.name, "dtype": ONNX_DTYPES[expected.dtype], "shape": network.output.describe(fixed)}
-        ],
+        "outputs": [{"name": network.output.name, "dtype": output_dtype, "shape": network.output.describe(fixed)}],
         "axis_ranges": network.axis_ranges(),
         "config": _jsonable(network.config(components)),
     }
+
+
+def _traced(module: torch.nn.Module, inputs: dict[str, torch.Tensor], network: NetworkSpec) -> Any:
+    """The module traced by torch.export's non-strict mode (fake tensors: nothing runs), or the module itself where
+    that tracing fails (e.g. diffusers' `batch >= 64` branch in the VAE's upsampler), left to torch.onnx's own
+    strategies. torch.onnx's first strategy fails on our video UNet (a symbolic division), and its strict fallback
+    costs three times this."""
+    try:
+        return torch.export.export(module, tuple(inputs.values()), dynamic_shapes=_torch_dims(network), strict=False)
+    except Exception:  # torch.export raises many types (UserError, constraint violations, trace errors)
+        return module
+
+
+def graph_output_dtype(path: Path) -> str:
+    """The output's element type as the exported graph declares it, read from the file without its weights: the
+    exporter traced the model with fake tensors, so no eager run (minutes for a full-size UNet on a CPU) is needed."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return onnx.helper.tensor_dtype_to_np_dtype(graph.output[0].type.tensor_type.elem_type).name
 
 
 NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration", "torch.utils._sympy.interp")
@@ -142,8 +164,13 @@ def tool_versions() -> dict[str, str]:
     }
 
 
-def export_model(model: str, out: str | Path, settings: ExportSettings, progress: bool = True) -> EngineDir:
-    """Export `model` (preset, folder or hub id) into the engine directory `out` and write its `engine.json`."""
+def export_model(
+    model: str, out: str | Path, settings: ExportSettings, progress: bool = True, device: str = "cpu"
+) -> EngineDir:
+    """Export `model` (preset, folder or hub id) into the engine directory `out` and write its `engine.json`.
+
+    `device`: where the model is loaded and traced; on a GPU, an fp16 export never materialises fp16 weights on the
+    CPU (whose half-precision kernels are slow or missing). The ONNX files do not depend on it."""
     if settings.dtype not in EXPORT_DTYPES:
         raise UserError(f"invalid export dtype {settings.dtype!r}; choose one of: {', '.join(EXPORT_DTYPES)}")
     if (settings.frames is not None and settings.frames < 1) or settings.videos < 1:
@@ -152,7 +179,7 @@ def export_model(model: str, out: str | Path, settings: ExportSettings, progress
     if (out / ENGINE_JSON).exists():
         raise UserError(f"{out} already holds an export; choose another folder or delete it")
     dtype = EXPORT_DTYPES[settings.dtype]
-    components = load_components(model, device="cpu", dtype=dtype)
+    components = load_components(model, device=device, dtype=dtype)
     info = ModelInfo.from_components(components)
     settings = replace(settings, frames=settings.frames or components.family.defaults["frames"])
     for name, value in (("height", settings.height), ("width", settings.width)):

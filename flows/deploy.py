@@ -9,6 +9,10 @@ node needs t2v-fast installed at the same path, as in the Dockerfile's image. `n
 
     prefect worker start --pool gpu --work-queue render --limit 1          # on every GPU node
     prefect worker start --pool gpu --work-queue orchestration             # once, on any node
+
+A node is taken for dead when its shard's heartbeat is silent for `--lease-seconds` and its worker's heartbeat to the
+server for a lease or two worker beats (`PREFECT_WORKER_HEARTBEAT_SECONDS`, default 30), whichever is longer: set both
+for the detection time you want (see `nightly`'s docstring).
 """
 
 from __future__ import annotations

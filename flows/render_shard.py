@@ -1,8 +1,10 @@
 """`render-shard`: render one shard of a night's manifest on one GPU node, loading the pipeline once.
 
 One shard per GPU at a time is the worker's job: each GPU node runs one worker on the `render` queue with `--limit 1`.
-While it runs, the shard touches a heartbeat file every quarter lease: the nightly flow takes a shard whose heartbeat
-stops for a whole lease as a dead node, and gives its unfinished rows to another node.
+While it runs, a dedicated beater process with real-time priority (`t2v_fast.claims.Heartbeat`) touches the shard's
+heartbeat file every quarter lease, so a render that keeps the CPUs busy cannot make it late. The nightly flow takes
+a shard for a dead node only when that heartbeat and its worker's heartbeat to the Prefect server are both silent
+(`t2v_fast.flows.nightly.dead_reason`), and gives its unfinished rows to another node.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from t2v_fast.batch import RowResult, render_rows, save_shard_results, shard_heartbeat_path
@@ -42,6 +44,7 @@ def render_shard(
     `qc_thresholds` (`frozen_mad`, `flicker_ssim`) decide which videos QC marks as frozen or flickering.
     """
     out = Path(out_dir)
+    logger = get_run_logger()
     heartbeat = Heartbeat(shard_heartbeat_path(out, shard), lease_seconds / 4)
     claims = Claims(out, run=f"shard {shard}", lease_seconds=lease_seconds)
     try:
@@ -51,7 +54,10 @@ def render_shard(
 
         def record(result: RowResult) -> None:
             results.append(result)
-            save_shard_results(out, shard, results)
+            try:
+                save_shard_results(out, shard, results)
+            except OSError as error:  # a full disk: the rows still fail or finish; the flow's result says which
+                logger.warning("%s: cannot save the shard's record: %s", shard, error)
             done = f"{shard}: {len(results)} of {len(rows)}"
             update_progress_artifact(progress, 100 * len(results) / len(rows), done)
             print(f"row {result.row} ({result.id}): {result.status} {result.reason}".rstrip())

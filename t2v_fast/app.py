@@ -131,11 +131,22 @@ class App:
             return gr.update(), gr.update(), gr.update()
         return family.defaults["frames"], family.defaults["guidance"], family.defaults["fps"]
 
+    def night_path(self, folder: str) -> Path:
+        """A night's folder: a relative name is under the served folder (`--out`), which it may not leave."""
+        served = self.out_dir.resolve()
+        path = (served / Path(folder.strip()).expanduser()).resolve()
+        if not path.is_relative_to(served):
+            raise gr.Error(f"the app serves nights under {served} (its --out); {path} is not there")
+        return path
+
+    def latest_night(self) -> str:
+        """The most recently written night under the served folder, as the name to type; empty when there is none."""
+        nights = sorted(self.out_dir.glob("**/results.csv"), key=lambda p: p.stat().st_mtime)
+        return str(nights[-1].parent.relative_to(self.out_dir)) if nights else ""
+
     def load_night(self, folder: str) -> tuple[str, list[list[Any]], list[list[Any]]]:
         """Counts per status (and QC), the rows, and the rejected rows of a night's output folder."""
-        path = Path(folder or "").expanduser().resolve()
-        if not path.is_relative_to(self.out_dir.resolve()):
-            raise gr.Error(f"the app serves nights under {self.out_dir.resolve()} (its --out); {path} is not there")
+        path = self.night_path(folder)
         results = path / "results.csv"
         if not results.is_file():
             raise gr.Error(f"{path} has no results.csv: choose a folder written by t2v-fast batch or nightly")
@@ -157,13 +168,13 @@ class App:
         """The clicked row's video and its sidecar (prompt and parameters)."""
         values = table.values.tolist()[event.index[0]] if hasattr(table, "values") else table[event.index[0]]
         row_id = str(values[0])
-        videos = sorted(Path(folder).expanduser().glob(f"{row_id}*.mp4"))
+        videos = sorted(self.night_path(folder).glob(f"{row_id}*.mp4"))
         videos = [v for v in videos if v.stem == row_id or v.stem.rsplit("-", 1)[0] == row_id]
         if not videos:
             return None, {"id": row_id, "status": values[2], "reason": values[3]}
         return str(videos[0]), json.loads(videos[0].with_suffix(".json").read_text())
 
-    def build(self, night_folder: str) -> gr.Blocks:
+    def build(self) -> gr.Blocks:
         with gr.Blocks(title="t2v-fast") as demo:
             gr.Markdown(
                 "# t2v-fast\nText to video (Text2Video-Zero and ModelScope models), and a review room for each"
@@ -203,7 +214,12 @@ class App:
                 model.change(self.family_defaults, model, [frames, guidance, fps], api_name=False)
             with gr.Tab("Night"):
                 with gr.Row():
-                    folder = gr.Textbox(night_folder, label="Output folder of a night", scale=4)
+                    folder = gr.Textbox(
+                        self.latest_night(),
+                        label="Night folder, under the app's --out",
+                        placeholder=f"NAME, for t2v-fast batch ... --out {self.out_dir / 'NAME'}",
+                        scale=4,
+                    )
                     load = gr.Button("Load", scale=1)
                 counts = gr.Markdown()
                 with gr.Row():
@@ -254,7 +270,7 @@ def serve(
         except OSError as error:
             raise UserError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port") from None
     app = App(model_choices(models, models_dir), LoadedModel(backend, device, dtype), out_dir)
-    demo = app.build(str(out_dir))
+    demo = app.build()
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     demo.launch(
         server_name=host,

@@ -154,8 +154,14 @@ def _claim(
     claims: Claims, out_dir: Path, row: ManifestRow, model_id: str, thresholds: QcThresholds
 ) -> RowResult | Holder | None:
     """Claim a row to render: None when it is ours to render, a result when another run rendered it, or the live
-    holder that is rendering it now."""
-    holder = claims.try_claim(row.id)
+    holder that is rendering it now; a failed result when the claim cannot be written (a full or read-only disk)."""
+    try:
+        holder = claims.try_claim(row.id)
+    except OSError as error:
+        if is_done(out_dir, row, model_id):  # nothing to write: what is rendered stays rendered
+            return rendered_result(out_dir, row, "skipped", thresholds, "already rendered")
+        reason = f"OSError: cannot write {claims.path(row.id)}: {error.strerror or error}"
+        return RowResult(row.id, row.row, "failed", reason, attempts=1)
     if holder is None:
         if not is_done(out_dir, row, model_id):
             for path in remove_temporaries(out_dir, row):
@@ -327,12 +333,29 @@ def split_done(
 
 
 def qc_summary(results: Sequence[RowResult]) -> str:
-    """`QC: 2 frozen, 1 flickering of 40 rendered rows`, or that all are ok."""
-    judged = [r for r in results if r.qc]
+    """QC of the rows rendered by this run (`done`), e.g. `QC: 2 frozen, 1 flickering of 40 rows rendered this run`.
+
+    Rows skipped as already rendered keep their recorded verdict in `results.csv` but are not counted here, so the
+    line says what this run produced.
+    """
+    judged = [r for r in results if r.status == "done" and r.qc]
+    if not judged:
+        return "QC: no rows rendered this run"
     flagged = collections.Counter(v for r in judged for v in r.qc.split(",") if v != "ok")
+    rows = f"{len(judged)} row{'s' if len(judged) > 1 else ''} rendered this run"
     if not flagged:
-        return f"QC: all {len(judged)} rendered rows ok"
-    return f"QC: {', '.join(f'{n} {v}' for v, n in sorted(flagged.items()))} of {len(judged)} rendered rows"
+        return f"QC: all {rows} ok"
+    return f"QC: {', '.join(f'{n} {v}' for v, n in sorted(flagged.items()))} of {rows}"
+
+
+def rejection_lines(manifest: Manifest, out_dir: Path, limit: int = 5) -> list[str]:
+    """The first `limit` problems of rejected rows, with row and column, and where the rest are."""
+    problems = manifest.problems
+    if not problems:
+        return []
+    shown = [f"  row {p.row}, column {p.column}: {p.message}" for p in problems[:limit]]
+    first = f"the first {limit} shown, " if len(problems) > limit else ""
+    return [f"rejected rows: {len(problems)} problems ({first}all in {out_dir / 'rejected.csv'})", *shown]
 
 
 def count_statuses(manifest: Manifest, results: Sequence[RowResult]) -> dict[str, int]:

@@ -18,11 +18,16 @@ from .models import load_components
 from .networks import COMPONENTS, DECODE_BATCH_SIZE, NETWORKS, dims
 from .runtime import ModelBackend, OnnxRuntimeBackend, TorchBackend
 
-# Absolute tolerances by the precision the backend computes in. fp32 graphs differ from PyTorch only by kernel
-# accumulation order; fp16 graphs and engines by half-precision rounding.
+# Tolerances on the largest error relative to the reference output's RMS (so one number means the same for the
+# text encoder's embeddings, the UNet's unit-variance noise and the VAE's [-1, 1] images), by the precision the
+# backend computes in. fp32: kernel accumulation order only; TensorRT builds fp32 engines with TF32 off (10-bit
+# mantissas would be ~1e-3), so fp32 means fp32. fp16: half-precision rounding (2^-11 per operation) accumulated
+# through the network; the UNet's matches the project's own full-size test (sd15 fp16 graph against the fp32
+# UNet: 5e-2 on an output of RMS ~1), and so does the VAE decoder's (as deep: torch's own fp16 decoder reaches 2.0e-2
+# against fp32 on modelscope-tiny-random); the text encoder is shallower.
 DEFAULT_TOLERANCES = {
     "fp32": {"text_encoder": 1e-4, "unet": 1e-4, "vae_decoder": 1e-4},
-    "fp16": {"text_encoder": 2e-2, "unet": 2e-2, "vae_decoder": 2e-2},
+    "fp16": {"text_encoder": 2e-2, "unet": 5e-2, "vae_decoder": 5e-2},
 }
 
 
@@ -33,11 +38,26 @@ class ComponentResult:
     case: str
     max_abs_error: float
     mean_abs_error: float
-    tolerance: float
+    reference_rms: float
+    tolerance: float  # on `relative_error`
+
+    @property
+    def relative_error(self) -> float:
+        """The largest error as a fraction of the reference output's RMS."""
+        return self.max_abs_error / max(self.reference_rms, 1e-12)
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_error <= self.tolerance
+        return self.relative_error <= self.tolerance
+
+
+def compare(
+    backend: str, component: str, case: str, actual: torch.Tensor, expected: torch.Tensor, tolerance: float
+) -> ComponentResult:
+    """One backend's output against the float32 reference's, judged relative to the reference's RMS."""
+    error = (actual.float().cpu() - expected).abs()
+    rms = expected.float().pow(2).mean().sqrt().item()
+    return ComponentResult(backend, component, case, error.max().item(), error.mean().item(), rms, tolerance)
 
 
 @dataclass(frozen=True)
@@ -134,27 +154,23 @@ def check_engine_dir(
     for backend in backends:
         limits = {**DEFAULT_TOLERANCES[precision_of(backend)], **(tolerances or {})}
         for case, wanted in zip(cases, expected, strict=True):
-            error = (case.call(backend).float().cpu() - wanted).abs()
-            results.append(
-                ComponentResult(
-                    backend.name,
-                    case.component,
-                    case.name,
-                    error.max().item(),
-                    error.mean().item(),
-                    limits[case.component],
-                )
-            )
+            actual = case.call(backend)
+            results.append(compare(backend.name, case.component, case.name, actual, wanted, limits[case.component]))
     return results, skipped
 
 
 def format_report(results: list[ComponentResult], skipped: dict[str, str]) -> str:
     header = (
-        f"{'backend':<12} {'component':<13} {'case':<18} {'max abs err':>12} {'mean abs err':>13} {'tolerance':>10}"
+        f"{'backend':<12} {'component':<13} {'case':<18} {'max abs err':>12} {'mean abs err':>13}"
+        f" {'ref RMS':>10} {'max/RMS':>10} {'tolerance':>10}"
     )
     lines = [f"{header}  result"]
     for r in results:
-        errors = f"{r.max_abs_error:>12.3e} {r.mean_abs_error:>13.3e} {r.tolerance:>10.1e}"
-        lines.append(f"{r.backend:<12} {r.component:<13} {r.case:<18} {errors}  {'pass' if r.passed else 'FAIL'}")
+        errors = f"{r.max_abs_error:>12.3e} {r.mean_abs_error:>13.3e} {r.reference_rms:>10.3e}"
+        judged = f"{r.relative_error:>10.3e} {r.tolerance:>10.1e}"
+        lines.append(
+            f"{r.backend:<12} {r.component:<13} {r.case:<18} {errors} {judged}  {'pass' if r.passed else 'FAIL'}"
+        )
+    lines.append("tolerance: on the largest error relative to the float32 reference's RMS (max/RMS)")
     lines += [f"{name}: not checked: {reason}" for name, reason in skipped.items()]
     return "\n".join(lines)

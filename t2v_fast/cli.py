@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 from ._version import __version__
 from .choices import BACKENDS, DTYPE_NAMES
@@ -22,34 +23,44 @@ EXIT_USER_ERROR = 2
 EXIT_NUMERICAL_ERROR = 3
 
 
-def _positive_int(text: str) -> int:
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a user error in one line (as every other user error is), not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _integer(text: str) -> int:
+    """An integer; its range is a parameter rule (`t2v_fast.params`), checked with every other problem at once."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", type=_integer, help=f"frames per video (default: {defaults_by_family('frames')})")
     parser.add_argument(
-        "--frames", type=_positive_int, help=f"frames per video (default: {defaults_by_family('frames')})"
-    )
-    parser.add_argument(
-        "--steps", type=_positive_int, default=GenerationParams().steps, help="denoising steps (default %(default)s)"
+        "--steps", type=_integer, default=GenerationParams().steps, help="denoising steps (default %(default)s)"
     )
     parser.add_argument(
         "--guidance", type=float, help=f"classifier-free guidance scale (default: {defaults_by_family('guidance')})"
     )
     parser.add_argument(
         "--height",
-        type=_positive_int,
+        type=_integer,
         help="pixels, a multiple of 8 (the VAE's scale) from 16 (default: the model's native size)",
     )
     parser.add_argument(
         "--width",
-        type=_positive_int,
+        type=_integer,
         help="pixels, a multiple of 8 (the VAE's scale) from 16 (default: the model's native size)",
     )
     parser.add_argument(
@@ -74,7 +85,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--negative-prompt", default=None, help="what the video should not show")
     parser.add_argument(
-        "--videos-per-prompt", type=_positive_int, default=1, help="videos with consecutive seeds (default %(default)s)"
+        "--videos-per-prompt", type=_integer, default=1, help="videos with consecutive seeds (default %(default)s)"
     )
     parser.add_argument(
         "--chunk-size", type=int, help="Text2Video-Zero: frames per UNet pass for long videos, anchor included (>= 2)"
@@ -95,7 +106,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="t2v-fast", description="Text-to-video generation with Text2Video-Zero and ModelScope models."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -165,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--videos", type=_positive_int, default=1, help="example videos per UNet batch")
     export.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="exported precision (default fp32)")
     export.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default %(default)s)")
+    export.add_argument(
+        "--device",
+        default="cpu",
+        help="where the model is loaded and traced (default cpu; cuda keeps fp16 off the CPU)",
+    )
     export.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     export.set_defaults(handler=_export)
 
@@ -186,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="compare every available backend with PyTorch, per component")
     check.add_argument("engine_dir", type=Path)
     check.add_argument(
-        "--tolerance", action="append", default=[], metavar="COMPONENT=ATOL", help="override a component's tolerance"
+        "--tolerance",
+        action="append",
+        default=[],
+        metavar="COMPONENT=REL",
+        help="override a component's tolerance on the largest error relative to the reference output's RMS",
     )
     check.set_defaults(handler=_check)
 
@@ -235,18 +255,25 @@ def _output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(count)]
 
 
+def _generation_params(args: argparse.Namespace) -> GenerationParams:
+    return GenerationParams(**{name: getattr(args, name) for name in GenerationParams.names()})
+
+
 def _generate(args: argparse.Namespace) -> int:
     from .video import check_writable
 
     given = {"seed": args.seed} if args.seed is not None else {}
-    raise_problems(request_problems(prompt=args.prompt, **given))
+    problems = request_problems(prompt=args.prompt, videos_per_prompt=args.videos_per_prompt, **given)
+    raise_problems(problems)
     paths = _output_paths(args.out, args.videos_per_prompt)
     for path in paths:
         check_writable(path)
     source = str(args.engines) if args.engines else args.model
-    with _status(f"loading {source} ({args.backend} backend)", quiet=args.quiet):
-        from .loading import load_pipeline
+    from .loading import describe_model, load_pipeline
 
+    # Every rule that needs only the model's configs is checked before its weights load (minutes for a large model).
+    raise_problems(problems + _generation_params(args).check(describe_model(source))[1])
+    with _status(f"loading {source} ({args.backend} backend)", quiet=args.quiet):
         pipeline = load_pipeline(
             source,
             backend=args.backend,
@@ -262,17 +289,7 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         videos_per_prompt=args.videos_per_prompt,
         progress=not args.quiet,
-        frames=args.frames,
-        steps=args.steps,
-        guidance=args.guidance,
-        height=args.height,
-        width=args.width,
-        motion_x=args.motion_x,
-        motion_y=args.motion_y,
-        t0=args.t0,
-        t1=args.t1,
-        chunk_size=args.chunk_size,
-        fps=args.fps,
+        **_generation_params(args).as_dict(),
     )
     for video, path in zip(videos, paths, strict=True):
         video.save(path)
@@ -286,20 +303,29 @@ def _generate(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .batch import count_statuses, qc_summary, render_rows, rendered_elsewhere, split_done, write_reports
+    from .batch import (
+        count_statuses,
+        qc_summary,
+        rejection_lines,
+        render_rows,
+        rendered_elsewhere,
+        split_done,
+        write_reports,
+    )
     from .claims import Claims
     from .loading import describe_model, load_pipeline
     from .manifest import parse_manifest
     from .qc import QcThresholds
+    from .video import prepare_output_folder
 
     source = str(args.engines) if args.engines else args.model
     names = ("frames", "steps", "height", "width", "guidance", "fps")
     defaults = GenerationParams(**{name: getattr(args, name) for name in names if getattr(args, name) is not None})
     spec = describe_model(source)
     parsed = parse_manifest(args.manifest, defaults, spec, args.seed)
+    prepare_output_folder(args.out)
     for warning in parsed.warnings:
         print(f"t2v-fast: warning: {warning}", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
     thresholds = QcThresholds(args.qc_frozen_mad, args.qc_flicker_ssim)
     todo, results = split_done(parsed.rows, args.out, spec.model_id, thresholds)
     print(
@@ -330,6 +356,8 @@ def _batch(args: argparse.Namespace) -> int:
     if elsewhere := rendered_elsewhere(results):
         print(f"({elsewhere} of the skipped rows were rendered by another run working at the same time)")
     print(qc_summary(results))
+    for line in rejection_lines(parsed, args.out):
+        print(line)
     print(f"details: {args.out / 'results.csv'}, {args.out / 'rejected.csv'}")
     return 1 if counts["failed"] or (args.strict and counts["rejected"]) else 0
 
@@ -340,7 +368,7 @@ def _export(args: argparse.Namespace) -> int:
 
     settings = ExportSettings(args.frames, args.height, args.width, args.videos, args.dtype, args.opset)
     out = args.out or Path("engines") / Path(args.model.rstrip("/")).name
-    engine_dir = export_model(args.model, out, settings, progress=not args.quiet)
+    engine_dir = export_model(args.model, out, settings, progress=not args.quiet, device=args.device)
     if not args.quiet:
         for name in COMPONENTS:
             record = engine_dir.component(name)

@@ -32,9 +32,13 @@ DYNAMIC_AXES: dict[str, tuple[int, int]] = {
     "batch": (1, 1024),  # text-encoder prompts
     "videos": (1, 1024),  # UNet batch: videos × (2 with guidance)
     "frames": (1, 4096),
-    "latent_height": (2, 1024),
-    "latent_width": (2, 1024),
-    "images": (1, 1024),  # VAE decoder batch
+    # From 3: at 2, a stride-2 convolution makes an axis 1, which torch.export's non-strict tracing refuses to keep
+    # symbolic (a guard `size != 1`). The ONNX graphs themselves have no range: smaller latents still run.
+    "latent_height": (3, 1024),
+    "latent_width": (3, 1024),
+    # VAE decoder batch; below 64 because diffusers' upsampler branches at 64 (a `.contiguous()` that ONNX does not
+    # need), which non-strict tracing cannot keep symbolic. The pipeline decodes DECODE_BATCH_SIZE at a time.
+    "images": (1, 63),
 }
 
 

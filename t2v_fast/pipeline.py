@@ -33,21 +33,27 @@ class Chunk:
     frame_ids: list[int]
     keep_from: int
     output_start: int
+    keep_count: int | None = None  # None: every output from `keep_from` on
 
 
 def plan_chunks(frames: int, chunk_size: int | None) -> list[Chunk]:
-    """Split a video into UNet passes of at most `chunk_size` frames, as diffusers documents for long videos.
+    """Split a video into UNet passes of exactly `chunk_size` frames, as diffusers documents for long videos.
 
     Each chunk is `[0] + its own frame ids`: frame id 0 is the anchor whose keys and values all frames attend to, and
-    its output is dropped. Frame ids stay absolute, so the motion continues from chunk to chunk.
+    its output is dropped. Frame ids stay absolute, so the motion continues from chunk to chunk. The last chunk's own
+    frames are followed by frames of the chunk before (recomputed, dropped), so that every pass has one shape: static
+    TensorRT engines and compiled graphs then serve every chunk. Its own frames stay first, so they draw the same
+    noise as the documented procedure's shorter last chunk, and each frame depends only on itself and the anchor.
     """
     if chunk_size is None or chunk_size >= frames:
         return [Chunk(frame_ids=list(range(frames)), keep_from=0, output_start=0)]
-    starts = range(0, frames, chunk_size - 1)
-    return [
-        Chunk(frame_ids=[0, *range(start, min(start + chunk_size - 1, frames))], keep_from=1, output_start=start)
-        for start in starts
-    ]
+    per_chunk = chunk_size - 1
+    chunks = []
+    for start in range(0, frames, per_chunk):
+        own = list(range(start, min(start + per_chunk, frames)))
+        filler = list(range(start - (per_chunk - len(own)), start))
+        chunks.append(Chunk(frame_ids=[0, *own, *filler], keep_from=1, output_start=start, keep_count=len(own)))
+    return chunks
 
 
 class TextToVideoZeroPipeline(VideoPipeline):
@@ -73,16 +79,26 @@ class TextToVideoZeroPipeline(VideoPipeline):
             settings.width // info.vae_scale_factor,
         )
 
+        check_shapes = getattr(self.backend, "check_unet_shapes", None)  # TensorRT: refuse before any work
+        if check_shapes is not None:
+            text_shape = tuple(text_embeddings.shape)
+            counts = sorted({1, *(len(chunk.frame_ids) for chunk in chunks)})
+            check_shapes(
+                [{"sample": (text_shape[0], n, *latent_shape), "encoder_hidden_states": text_shape} for n in counts]
+            )
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]
         first_frame = self._noise(generators, 1, latent_shape) * scheduler.init_noise_sigma
         noise_state = [g.get_state() for g in generators]
 
-        total_steps = len(plan.to_t1) + len(plan.t1_to_t0) + len(chunks) * len(plan.from_t1)
+        # The bar counts the steps as the user set them (each chunk repeats those after t1); the first frame's detour
+        # from t1 to t0, a few single-frame steps that the motion starts from, is not counted.
+        total_steps = len(plan.to_t1) + len(chunks) * len(plan.from_t1)
+        description = "denoising" if len(chunks) == 1 else f"denoising {len(chunks)} chunks"
         output = np.empty((len(requests), settings.frames, settings.height, settings.width, 3), dtype=np.uint8)
-        with tqdm(total=total_steps, desc="denoising", unit="step", disable=not progress) as bar:
+        with tqdm(total=total_steps, desc=description, unit="step", disable=not progress) as bar:
             with timed(timings, "denoise_s"):
                 anchor_t1 = self._denoise(first_frame, plan.to_t1, text_embeddings, settings, scheduler, bar)
-                anchor_t0 = self._denoise(anchor_t1, plan.t1_to_t0, text_embeddings, settings, scheduler, bar)
+                anchor_t0 = self._denoise(anchor_t1, plan.t1_to_t0, text_embeddings, settings, scheduler, None)
             for chunk in chunks:
                 with timed(timings, "denoise_s"):
                     # Every chunk draws its re-noising noise as if its generator had just drawn the first frame.
@@ -96,7 +112,8 @@ class TextToVideoZeroPipeline(VideoPipeline):
                     latents = self._denoise(latents, plan.from_t1, text_embeddings, settings, scheduler, bar)
                     check_finite(latents, "latents", self.backend.dtype)
                 with timed(timings, "decode_s"):
-                    kept = latents[:, chunk.keep_from :]
+                    own_end = None if chunk.keep_count is None else chunk.keep_from + chunk.keep_count
+                    kept = latents[:, chunk.keep_from : own_end]
                     stop = chunk.output_start + kept.shape[1]
                     output[:, chunk.output_start : stop] = self.decode_video(kept)
         return output

@@ -6,10 +6,14 @@ owns the three networks and runs them: encode text, predict noise, decode latent
 
 from __future__ import annotations
 
+import ctypes
+import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from .engine_dir import EngineDir
 from .errors import UserError
@@ -60,6 +64,16 @@ class DeviceScalars:
         return self.cache[key]
 
 
+def channels_last_convolutions(module: nn.Module) -> None:
+    """Channels-last weights for the 2-D convolutions only (tensor-core friendly NHWC kernels on CUDA).
+
+    `module.to(memory_format=torch.channels_last)` on a whole network also reaches 5-D weights (ModelScope's
+    temporal `Conv3d`s) and raises "required rank 4 tensor"; the 3-D ones keep their layout."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            layer.to(memory_format=torch.channels_last)
+
+
 class TorchBackend:
     """Runs the PyTorch modules directly; the reference every other backend is checked against."""
 
@@ -85,8 +99,8 @@ class TorchBackend:
         self.device = self.unet.unet.device
         self.dtype = self.unet.unet.dtype
         if channels_last if channels_last is not None else self.device.type == "cuda":
-            self.unet.to(memory_format=torch.channels_last)
-            self.vae.to(memory_format=torch.channels_last)
+            channels_last_convolutions(self.unet)
+            channels_last_convolutions(self.vae)
         self.timesteps = DeviceScalars(self.device)
         self.run_unet = self.unet
         if compile_unet:
@@ -114,21 +128,48 @@ class TorchBackend:
 
 
 ORT_PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# What ONNX Runtime's TensorRT provider links (onnxruntime-gpu 1.31 is built against TensorRT 10).
+TENSORRT_LIBRARY = "libnvinfer.so.10"
+
+logger = logging.getLogger("t2v_fast")
 
 
-def onnxruntime_providers(requested: list[str] | None = None) -> list[str]:
-    """Execution providers in order of preference among those this onnxruntime build has, or the requested ones."""
-    import onnxruntime as ort
+def tensorrt_libraries_load() -> bool:
+    """Whether TensorRT's runtime library loads in this process; the GPU wheel lists its TensorRT provider whether
+    or not TensorRT is installed, and a session asking for it then fails or falls back noisily."""
+    try:
+        ctypes.CDLL(TENSORRT_LIBRARY)
+    except OSError:
+        return False
+    return True
 
-    available = ort.get_available_providers()
+
+def choose_providers(
+    available: list[str], requested: list[str] | None = None, tensorrt_loads: Callable[[], bool] | None = None
+) -> tuple[list[str], str]:
+    """Execution providers to use and a sentence saying why: the requested ones (all must be available), else the
+    preferred available ones, TensorRT's only where its libraries load (else the CUDA provider leads)."""
     if requested:
         missing = [p for p in requested if p not in available]
         if missing:
             raise UserError(
                 f"onnxruntime providers not available here: {', '.join(missing)}; available: {', '.join(available)}"
             )
-        return list(requested)
-    return [p for p in ORT_PROVIDER_PREFERENCE if p in available]
+        return list(requested), f"requested: {', '.join(requested)}"
+    chosen = [p for p in ORT_PROVIDER_PREFERENCE if p in available]
+    if "TensorrtExecutionProvider" in chosen and not (tensorrt_loads or tensorrt_libraries_load)():
+        chosen.remove("TensorrtExecutionProvider")
+        return chosen, f"{chosen[0]}: this build lists TensorrtExecutionProvider, but {TENSORRT_LIBRARY} does not load"
+    return chosen, f"{chosen[0]}: the first of {', '.join(ORT_PROVIDER_PREFERENCE)} this build has"
+
+
+def onnxruntime_providers(requested: list[str] | None = None) -> list[str]:
+    """Execution providers in order of preference among those this onnxruntime build has, or the requested ones."""
+    import onnxruntime as ort
+
+    providers, reason = choose_providers(ort.get_available_providers(), requested)
+    logger.info("onnxruntime providers: %s", reason)
+    return providers
 
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -142,7 +183,15 @@ def provider_options(engine_dir: EngineDir, component: str, provider: str, devic
     process), and the component's profile (frames 1 included) from `t2v_fast.tensorrt_backend.default_ranges`.
     """
     if provider == "CUDAExecutionProvider":
-        return {"device_id": str(device_id)}
+        # As ONNX Runtime's own Stable Diffusion helpers (`CudaSession.get_cuda_provider_options`): an arena that
+        # grows by what is asked, not to the next power of two (GiBs on a full-size UNet); the exhaustive cuDNN
+        # convolution search, with the workspace it needs, paid once per shape.
+        return {
+            "device_id": str(device_id),
+            "arena_extend_strategy": "kSameAsRequested",
+            "cudnn_conv_algo_search": "EXHAUSTIVE",
+            "cudnn_conv_use_max_workspace": "1",
+        }
     if provider != "TensorrtExecutionProvider":
         return {}
     from .tensorrt_backend import default_ranges
@@ -186,7 +235,8 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         self.info = engine_dir.info
-        requested = onnxruntime_providers(providers)
+        requested, self.provider_choice = choose_providers(ort.get_available_providers(), providers)
+        logger.info("onnxruntime providers: %s", self.provider_choice)
         on_gpu = requested[0] in GPU_PROVIDERS
         self.device = torch.device(device or ("cuda" if on_gpu else "cpu"))
         if on_gpu != (self.device.type == "cuda"):
@@ -200,9 +250,14 @@ class OnnxRuntimeBackend:
         if cuda_graph and requested[0] != "CUDAExecutionProvider":
             raise UserError(f"CUDA graphs need ONNX Runtime's CUDAExecutionProvider first, not {requested[0]}")
         self.cuda_graph = cuda_graph
+        # ONNX Runtime computes on torch's current stream, as its own Stable Diffusion helpers do, so that reading
+        # the inputs waits for the torch kernels that wrote them; `_run_bound` also covers a later change of stream.
+        self.stream = torch.cuda.current_stream(self.device) if on_gpu else None
         self.sessions = {}
         for name in NETWORKS:
             chosen = [(p, provider_options(engine_dir, name, p, device_id)) for p in requested]
+            if self.stream is not None and requested[0] == "CUDAExecutionProvider":
+                chosen[0][1]["user_compute_stream"] = str(self.stream.cuda_stream)
             if name == "unet" and self.cuda_graph:
                 chosen[0][1]["enable_cuda_graph"] = "1"
             self.sessions[name] = ort.InferenceSession(str(engine_dir.onnx_path(name)), options, providers=chosen)
@@ -213,7 +268,7 @@ class OnnxRuntimeBackend:
     @property
     def placement(self) -> dict[str, Any]:
         providers = self.sessions["unet"].get_providers()  # what the session really took, after any fallback
-        return {"device": str(self.device), "providers": providers}
+        return {"device": str(self.device), "providers": providers, "provider_choice": self.provider_choice}
 
     def _bind(self, binding: Any, name: str, tensor: torch.Tensor, output: bool = False) -> None:
         device = self.device.type if self.device.type == "cpu" else "cuda"
@@ -238,8 +293,19 @@ class OnnxRuntimeBackend:
         if component == "unet" and self.cuda_graph:
             return self._replay(shapes, inputs)
         binding, output = self._bound(component, inputs, shapes)
-        self.sessions[component].run_with_iobinding(binding)
+        self._run_bound(component, binding)
         return output
+
+    def _run_bound(self, component: str, binding: Any, run_options: Any = None) -> None:
+        """Run with bound tensors in stream order: the inputs torch wrote (or copied into a CUDA graph's buffers)
+        are complete before ONNX Runtime reads them, and its outputs before torch reads them. Sessions compute on
+        the torch stream current at construction; if the caller has switched streams since, that stream is waited
+        for. Then `synchronize_inputs`/`synchronize_outputs`, as ONNX Runtime's `CudaSession.infer` does."""
+        if self.stream is not None and torch.cuda.current_stream(self.device) != self.stream:
+            torch.cuda.current_stream(self.device).synchronize()
+        binding.synchronize_inputs()
+        self.sessions[component].run_with_iobinding(binding, run_options)
+        binding.synchronize_outputs()
 
     def _replay(self, shapes: dict[str, tuple[int, ...]], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """One CUDA graph per UNet shape: the first run at a shape captures it, later runs copy inputs and replay."""
@@ -255,7 +321,7 @@ class OnnxRuntimeBackend:
             buffers[name].copy_(tensor)
         run_options = ort.RunOptions()
         run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
-        self.sessions["unet"].run_with_iobinding(binding, run_options)
+        self._run_bound("unet", binding, run_options)
         return output.clone()
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 
 from .engine_dir import EngineDir, EngineRecord
 from .errors import UserError
+from .families import TEXT2VIDEO_ZERO
 from .models import ModelInfo
 from .networks import COMPONENTS, DECODE_BATCH_SIZE, NETWORKS, dims
 from .runtime import DeviceScalars
@@ -111,8 +112,9 @@ class BuildRanges:
         """Per component, its optimisation profiles (per input: [min, opt, max] shapes).
 
         Static ranges give the UNet one fixed-shape profile per shape it receives (guidance on and off × the first
-        frame alone and all frames), so that each can replay a CUDA graph; dynamic ranges give one profile that spans
-        them. The text encoder and the VAE run a few times per video and always get one ranged profile.
+        frame alone, which only Text2Video-Zero sends, and all frames: a chunked video's chunks all have the frame
+        count, see `pipeline.plan_chunks`), so that each can replay a CUDA graph; dynamic ranges give one profile that
+        spans them. The text encoder and the VAE run a few times per video and always get one ranged profile.
         """
         for name, axis in (("height", self.height), ("width", self.width)):
             for value in (axis.minimum, axis.optimum, axis.maximum):
@@ -127,7 +129,9 @@ class BuildRanges:
         )
         ranged = {name: [NETWORKS[name].profile(low, opt, high)] for name in ("text_encoder", "vae_decoder")}
         if self.is_static:
-            batches, counts = (videos.minimum, 2 * videos.minimum), (1, frames.minimum)
+            # Text2Video-Zero denoises its first frame alone (1 frame); ModelScope only ever sends whole videos.
+            counts = (1, frames.minimum) if info.family == TEXT2VIDEO_ZERO.name else (frames.minimum,)
+            batches = (videos.minimum, 2 * videos.minimum)
             shapes = sorted({(batch, count) for batch in batches for count in counts})
             fixed = [self._dims(info, "minimum", batch, count, 1) for batch, count in shapes]
             unet = [NETWORKS["unet"].profile(shape, shape, shape) for shape in fixed]
@@ -280,7 +284,9 @@ def build_engines(
         started = time.perf_counter()
         network = network_from_onnx_path(str(engine_dir.onnx_path(component)), strongly_typed=True)
         config = CreateConfig(
-            tf32=precision == "fp32",  # TF32 tensor cores for fp32 networks, as PyTorch allows for convolutions
+            # fp32 engines are the accuracy reference (`t2v-fast check` holds them to fp32's 1e-4): TF32, on by
+            # default in TensorRT, would round matmul and convolution inputs to 10-bit mantissas. fp16 is the fast path.
+            tf32=False,
             profiles=trt_profiles,
             load_timing_cache=str(timing_cache) if timing_cache.exists() else None,
         )
@@ -450,6 +456,12 @@ class TensorRTBackend:
     @property
     def placement(self) -> dict[str, Any]:
         return {"device": str(self.device)}
+
+    def check_unet_shapes(self, calls: list[dict[str, tuple[int, ...]]]) -> None:
+        """Refuse, before denoising starts, a generation whose UNet calls some profile does not admit (the pipeline
+        passes every shape it will send), rather than failing after the first frames were computed."""
+        for shapes in calls:
+            check_in_profiles("unet", shapes, self.engines["unet"].profiles)
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.engines["text_encoder"](input_ids=input_ids.to(self.device, torch.int64))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -31,11 +32,18 @@ class Video:
             self.metadata.setdefault("params", {})["fps"] = float(fps)
         fps = self.metadata.get("params", {}).get("fps", 4.0)
         check_writable(path)
-        with atomic_path(path) as tmp:
-            write_mp4(self.frames, tmp, fps)
         sidecar = path.with_suffix(".json")
-        with atomic_path(sidecar) as tmp:
-            tmp.write_text(json.dumps(self.metadata, indent=2, sort_keys=True) + "\n")
+        # Both written before either is renamed (renaming takes no space): a disk that fills up leaves neither.
+        with atomic_path(sidecar) as tmp_sidecar, atomic_path(path) as tmp:
+            try:
+                write_mp4(self.frames, tmp, fps)
+            except OSError as error:
+                # ffmpeg quit (imageio-ffmpeg's broken pipe): what the file shows says more than the pipe.
+                if tmp.exists() and (error.errno == errno.EPIPE or "FFMPEG COMMAND" in str(error)):
+                    check_complete_mp4(tmp)
+                raise
+            check_complete_mp4(tmp)
+            tmp_sidecar.write_text(json.dumps(self.metadata, indent=2, sort_keys=True) + "\n")
         return path
 
 
@@ -50,6 +58,48 @@ def check_writable(path: Path) -> None:
         raise UserError(f"output folder {str(parent)!r} is not writable")
     if path.is_dir():
         raise UserError(f"output {str(path)!r} is a folder")
+
+
+def prepare_output_folder(folder: Path) -> None:
+    """Create an output folder, or fail before any work is done when it is a file, cannot be created or written."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"output folder {str(folder)!r} is a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create output folder {str(folder)!r}: {error.strerror}") from None
+    # os.access also answers for read-only mounts, where even root cannot write.
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {str(folder)!r} is not writable")
+
+
+def check_complete_mp4(path: Path) -> None:
+    """Raise `OSError` unless `path` is a whole MP4: top-level boxes that fill the file, with `ftyp`, `mdat`, `moov`.
+
+    ffmpeg that fails to write (a full disk while writing the trailer) exits with an error that imageio-ffmpeg does
+    not pass on, leaving a truncated file; this is what tells us.
+    """
+    size, boxes, offset = path.stat().st_size, set(), 0
+    with path.open("rb") as handle:
+        while offset + 8 <= size:
+            handle.seek(offset)
+            header = handle.read(16)
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if length == 1 and len(header) == 16:
+                length = int.from_bytes(header[8:16], "big")
+            elif length == 0:
+                length = size - offset
+            if length < 8:
+                break
+            boxes.add(kind)
+            offset += length
+    if offset == size and {b"ftyp", b"mdat", b"moov"} <= boxes:
+        return
+    stats = os.statvfs(path.parent)
+    free = stats.f_bavail * stats.f_frsize
+    # ffmpeg's own error is not passed on: a device (nearly) out of space is the cause we can name.
+    code = errno.ENOSPC if free < 1 << 20 else errno.EIO
+    raise OSError(code, f"{os.strerror(code)} (ffmpeg wrote an incomplete MP4; {free} bytes left on the device)")
 
 
 def write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:

@@ -28,7 +28,7 @@ from ._version import __version__
 from .errors import NumericalError, UserError
 from .models import ModelSpec, dtype_name
 from .networks import DECODE_BATCH_SIZE
-from .params import GenerationParams, raise_problems, request_problems
+from .params import GenerationParams, ParamProblem, raise_problems, request_problems
 from .runtime import ModelBackend
 from .schedule import DEFAULT_STEPS
 from .video import Video
@@ -49,33 +49,51 @@ def expand_requests(
     seed: int | Sequence[int] | None,
     videos_per_prompt: int,
 ) -> list[VideoRequest]:
-    """One request per video, prompt-major. Seed rule: video k of the call (counting from 0) gets `seed + k`.
+    """One request per video, prompt-major (see `plan_requests`); a `UserError` names every problem."""
+    requests, problems = plan_requests(prompt, negative_prompt, seed, videos_per_prompt)
+    raise_problems(problems)
+    return requests
+
+
+def plan_requests(
+    prompt: str | Sequence[str],
+    negative_prompt: str | Sequence[str] | None,
+    seed: int | Sequence[int] | None,
+    videos_per_prompt: int,
+) -> tuple[list[VideoRequest], list[ParamProblem]]:
+    """One request per video, prompt-major, or every problem found. Seed rule: video k of the call (counting from 0)
+    gets `seed + k`.
 
     A list of seeds gives one seed per video instead; no seed draws a random base seed (recorded in the metadata).
     So video k of a batch equals generating its prompt alone with `seed + k`.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
-        raise UserError("prompt must be a string or a non-empty list of strings")
-    raise_problems(request_problems(videos_per_prompt=videos_per_prompt))
+        return [], [ParamProblem(("prompt",), "prompt must be a string or a non-empty list of strings")]
+    problems = [p for text in prompts for p in request_problems(prompt=text)]
+    problems += request_problems(videos_per_prompt=videos_per_prompt)
     if negative_prompt is None or isinstance(negative_prompt, str):
         negatives = [negative_prompt or ""] * len(prompts)
     else:
         negatives = list(negative_prompt)
         if len(negatives) != len(prompts):
-            raise UserError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")
+            problems.append(
+                ParamProblem(("negative_prompt",), f"got {len(negatives)} negative prompts for {len(prompts)} prompts")
+            )
+    problems += [p for text in negatives for p in request_problems(negative_prompt=text)]
+    if problems and any("videos_per_prompt" in p.fields for p in problems):
+        return [], problems
     count = len(prompts) * videos_per_prompt
     if seed is None:
         seed = secrets.randbelow(2**31)
     seeds = [seed + k for k in range(count)] if isinstance(seed, int) and not isinstance(seed, bool) else list(seed)
     if len(seeds) != count:
-        raise UserError(f"got {len(seeds)} seeds for {count} videos")
-    problems = [p for text in prompts for p in request_problems(prompt=text)]
-    problems += [p for text in negatives for p in request_problems(negative_prompt=text)]
+        problems.append(ParamProblem(("seed",), f"got {len(seeds)} seeds for {count} videos"))
     problems += [p for value in seeds for p in request_problems(seed=value)]
-    raise_problems(problems)
+    if problems:
+        return [], problems
     pairs = [(p, n) for p, n in zip(prompts, negatives, strict=True) for _ in range(videos_per_prompt)]
-    return [VideoRequest(p, n, s) for (p, n), s in zip(pairs, seeds, strict=True)]
+    return [VideoRequest(p, n, s) for (p, n), s in zip(pairs, seeds, strict=True)], []
 
 
 class VideoPipeline(ABC):
@@ -126,10 +144,11 @@ class VideoPipeline(ABC):
         UNet pass for long videos. Another family refuses them with a `UserError`.
         """
         started = time.perf_counter()
-        settings = GenerationParams(
+        settings, problems = GenerationParams(
             frames, steps, guidance, height, width, motion_x, motion_y, t0, t1, chunk_size, fps
-        ).resolve(self.spec)
-        requests = expand_requests(prompt, negative_prompt, seed, videos_per_prompt)
+        ).check(self.spec)
+        requests, request_issues = plan_requests(prompt, negative_prompt, seed, videos_per_prompt)
+        raise_problems([*request_issues, *problems])  # every problem at once, the request's first
         timings = {"encode_text_s": 0.0, "denoise_s": 0.0, "decode_s": 0.0}
 
         with timed(timings, "encode_text_s"):
@@ -189,7 +208,7 @@ class VideoPipeline(ABC):
         text_embeddings: torch.Tensor,
         settings: GenerationParams,
         scheduler: SchedulerMixin,
-        bar: tqdm,
+        bar: tqdm | None,
     ) -> torch.Tensor:
         """Scheduler steps with classifier-free guidance; the UNet batch is `[unconditional..., conditional...]`."""
         for t in timesteps:
@@ -200,7 +219,8 @@ class VideoPipeline(ABC):
                 unconditional, conditional = noise.chunk(2)
                 noise = unconditional + settings.guidance * (conditional - unconditional)
             latents = scheduler.step(noise, t, latents).prev_sample
-            bar.update()
+            if bar is not None:
+                bar.update()
         return latents
 
     def decode_video(self, latents: torch.Tensor) -> np.ndarray:

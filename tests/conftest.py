@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,33 @@ import pytest
 import torch
 
 CLI = [str(Path(sys.executable).with_name("t2v-fast"))]
+ROOT = Path(__file__).resolve().parent.parent
+# Files a test could plausibly write (pictures, results, examples); source files are left out, so that editing code
+# while the tests run is not taken for a test writing over it.
+SOURCE_SUFFIXES = {".py", ".md", ".toml", ".txt", ".cfg", ""}
+
+
+def _tracked_data_files() -> dict[str, tuple[int, int]]:
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode:
+        return {}
+    names = [n for n in listed.stdout.split("\0") if n and Path(n).suffix not in SOURCE_SUFFIXES]
+    files = {}
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            stat = (ROOT / name).stat(follow_symlinks=False)
+            files[name] = (stat.st_mtime_ns, stat.st_size)
+    return files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tests_never_write_tracked_files():
+    """Tests write only under temporary folders: fail the run when a tracked file changed during it."""
+    before = _tracked_data_files()
+    yield
+    after = _tracked_data_files()
+    changed = sorted(n for n in before if after.get(n) != before[n])
+    assert not changed, f"tests wrote over tracked files: {changed}"
 
 
 def run_cli(*args: str, check: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -70,3 +100,22 @@ def tiny_engines(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("workdir")
     run_cli("export", "tiny-random", "--quiet", check=True, cwd=workdir)
     return workdir / "engines" / "tiny-random"
+
+
+@pytest.fixture
+def read_only_folder(tmp_path) -> Iterator[Path]:
+    """A folder nobody can write to: a tmpfs mounted read-only as root (as in CI), chmod 555 for anyone else."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

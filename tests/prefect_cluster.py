@@ -20,6 +20,8 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
+# How often the workers beat to the server: with the lease, it sets how soon the night takes a node for dead.
+WORKER_HEARTBEAT_SECONDS = 5
 
 
 def free_port() -> int:
@@ -39,7 +41,7 @@ class PrefectCluster:
             "PREFECT_API_URL": self.api,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
+            "PREFECT_WORKER_HEARTBEAT_SECONDS": str(WORKER_HEARTBEAT_SECONDS),
             "PREFECT_LOGGING_LEVEL": "INFO",
             **({"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}),
         }
@@ -104,6 +106,20 @@ with get_client(sync_client=True) as client:
     print(json.dumps([{{"id": str(r.id), "name": r.name, "state": r.state_type.value, "labels": dict(r.labels),
                        "parameters": r.parameters, "pid": r.infrastructure_pid, "created": r.created.timestamp(),
                        "message": r.state.message if r.state else None}} for r in runs], default=str))
+"""
+        return json.loads(self.python(code).strip().splitlines()[-1])
+
+    def artifact(self, key: str, flow_run_id: str) -> str | None:
+        """The data of a flow run's artifact with `key` (a markdown text, a table as JSON), or None."""
+        code = f"""
+import json
+from uuid import UUID
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+with get_client(sync_client=True) as client:
+    found = client.read_artifacts(artifact_filter=ArtifactFilter(
+        key=ArtifactFilterKey(any_=[{key!r}]), flow_run_id=ArtifactFilterFlowRunId(any_=[UUID({flow_run_id!r})])))
+    print(json.dumps(found[-1].data if found else None))
 """
         return json.loads(self.python(code).strip().splitlines()[-1])
 

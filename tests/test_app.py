@@ -15,7 +15,9 @@ from prefect_cluster import free_port
 from test_video_output import read_mp4
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+# `make screenshots` sets this to docs/ to refresh the README's pictures; a plain test run writes them to a temporary
+# folder, never over tracked files.
+SCREENSHOTS = os.environ.get("T2V_FAST_SCREENSHOTS")
 browser_test = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 
 NIGHT = "id,prompt,seed,frames\ncat,a cat on a sofa,1,\ndog,a dog in the snow,2,5\nbad,a bird,x,\n"
@@ -132,12 +134,13 @@ def test_both_tabs_in_a_real_browser(app, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url, out = app
-    DOCS.mkdir(exist_ok=True)
+    shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         try:
-            _walk_through_both_tabs(page, url, out)
+            _walk_through_both_tabs(page, url, out, shots)
         except Exception:  # leave what the page showed, for whoever reads the failure
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
             print(f"page at the failure ({tmp_path / 'failure.png'}):\n{page.locator('body').inner_text()[:3000]}")
@@ -147,7 +150,7 @@ def test_both_tabs_in_a_real_browser(app, tmp_path):
     assert json.loads((out / "night" / "dog.json").read_text())["params"]["frames"] == 5
 
 
-def _walk_through_both_tabs(page, url, out):
+def _walk_through_both_tabs(page, url, out, shots):
     page.goto(url)
 
     # Bad input: a message in the page, and the app stays usable.
@@ -178,10 +181,10 @@ def _walk_through_both_tabs(page, url, out):
     assert (width, height) == (64, 64)
     assert duration == pytest.approx(6 / 4, abs=0.3)  # 6 frames at 4 fps
     page.get_by_text('"seed"').first.wait_for()
-    page.screenshot(path=str(DOCS / "ui-generate.png"), full_page=True)
+    page.screenshot(path=str(shots / "ui-generate.png"), full_page=True)
 
     page.get_by_role("tab", name="Night").click()
-    _set(page, "Output folder of a night", str(out / "night"))
+    _set(page, "Night folder, under the app's --out", "night")  # the name under the app's --out, as README says
     page.get_by_role("button", name="Load").click()
     page.get_by_text("flagged by QC").wait_for(timeout=60_000)
     body = page.locator("body").inner_text()
@@ -196,4 +199,21 @@ def _walk_through_both_tabs(page, url, out):
     )
     assert playing[0] and playing[1] > 0
     page.get_by_text("a dog in the snow").first.wait_for()
-    page.screenshot(path=str(DOCS / "ui-night.png"), full_page=True)
+    page.screenshot(path=str(shots / "ui-night.png"), full_page=True)
+
+
+def test_a_night_is_named_relative_to_the_served_folder(app):
+    """README's `batch --out outputs/night` and `ui --out outputs` work together: the Night tab takes `night`."""
+    import gradio as gr
+
+    from t2v_fast.app import App, LoadedModel
+
+    _, out = app
+    served = App(["tiny-random"], LoadedModel("torch", "cpu", None), out)
+    assert served.latest_night() == "night"  # what the tab shows first
+    summary, table, rejected = served.load_night("night")
+    assert "**2** done" in summary and "**1** rejected" in summary
+    assert sorted(r[0] for r in table if r[2] == "done") == ["cat", "dog"] and rejected[0][:2] == ["4", "seed"]
+    assert served.load_night(str(out / "night"))[0] == summary  # an absolute path under --out works too
+    with pytest.raises(gr.Error, match="serves nights under"):
+        served.load_night("../")

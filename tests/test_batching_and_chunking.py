@@ -47,6 +47,12 @@ def test_bad_requests_are_user_errors(arguments, message):
         expand_requests(arguments["prompt"], arguments.get("negative_prompt"), arguments.get("seed", 0), 1)
 
 
+def test_every_problem_of_a_call_is_named_at_once(pipeline):
+    with pytest.raises(UserError) as raised:
+        pipeline.generate_video("", frames=0, fps=-1)
+    assert str(raised.value) == "missing prompt; frames must be >= 1, got 0; fps must be > 0, got -1"
+
+
 def test_seed_rule():
     requests = expand_requests(["p", "q"], None, 10, videos_per_prompt=3)
     assert [(r.prompt, r.seed) for r in requests] == [("p", 10), ("p", 11), ("p", 12), ("q", 13), ("q", 14), ("q", 15)]
@@ -54,13 +60,21 @@ def test_seed_rule():
 
 def test_plan_chunks_follows_documented_procedure():
     chunks = plan_chunks(24, 8)
+    # The documented chunks' own frames, first after the anchor; the last chunk is filled up to 8 frames with frames
+    # of the chunk before (dropped), so that static TensorRT engines serve every chunk.
     assert [c.frame_ids for c in chunks] == [
         [0, *range(0, 7)],
         [0, *range(7, 14)],
         [0, *range(14, 21)],
-        [0, 21, 22, 23],
+        [0, 21, 22, 23, 17, 18, 19, 20],
     ]
-    assert all(c.keep_from == 1 for c in chunks)
+    assert [(c.keep_from, c.keep_count, c.output_start) for c in chunks] == [
+        (1, 7, 0),
+        (1, 7, 7),
+        (1, 7, 14),
+        (1, 3, 21),
+    ]
+    assert all(len(c.frame_ids) == 8 for c in chunks)
     assert plan_chunks(8, 8) == plan_chunks(8, None)
     assert plan_chunks(8, None)[0].frame_ids == list(range(8))
 

@@ -13,7 +13,8 @@ BACKENDS = ("reference", "torch", "torch-compiled", "onnxruntime", "tensorrt")
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = run_cli("bench", "--quick", "--out", str(out))
+    # --quick leaves the ONNX export out; the suite asks for it to cover the onnxruntime contender too.
+    result = run_cli("bench", "--quick", "--backends", "reference,torch,onnxruntime,tensorrt", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     [folder] = out.iterdir()
     return folder, json.loads((folder / "results.json").read_text())
@@ -62,7 +63,7 @@ def test_every_backend_is_reported(bench):
 def test_memory_sweep_and_throughput(bench):
     _, result = bench
     sweep = result["memory_sweep"]
-    assert [(row["frames"], row["chunk_size"]) for row in sweep] == [(8, None), (16, 8)]
+    assert [(row["frames"], row["chunk_size"]) for row in sweep] == [(4, None), (8, 4)]
     assert all(row["peak_memory_bytes"] > 0 and row["seconds"] > 0 for row in sweep)
     throughput = result["throughput"]
     assert throughput["videos"] == 2
@@ -111,3 +112,32 @@ def test_unknown_section_is_a_clear_error(tmp_path):
     result = run_cli("bench", "--quick", "--sections", "speed", "--out", str(tmp_path))
     assert result.returncode == 2 and "unknown benchmark sections speed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_results_default_outside_the_tree_and_never_overwrite(tmp_path):
+    from t2v_fast.benchmarks import COMMITTED_RESULTS, RESULTS_ROOT
+    from t2v_fast.benchmarks.harness import new_folder
+
+    tree = COMMITTED_RESULTS.parent.parent
+    assert not RESULTS_ROOT.resolve().is_relative_to(tree.resolve())
+    first, second = new_folder(tmp_path, "cpu-2core-2026-12-01"), new_folder(tmp_path, "cpu-2core-2026-12-01")
+    assert (first.name, second.name) == ("cpu-2core-2026-12-01", "cpu-2core-2026-12-01-2")
+
+
+def test_results_are_reported_after_every_contender_and_section():
+    """A run stopped at its time limit must still have written what it measured."""
+    from t2v_fast.benchmarks.harness import BenchConfig, run_benchmark
+    from t2v_fast.benchmarks.report import markdown
+
+    snapshots = []
+
+    def record(result):
+        snapshots.append(json.loads(json.dumps(result, default=str)))
+        markdown(result)  # every partial result renders
+
+    config = BenchConfig.quick_config(backends=("torch",), sections=("backends", "throughput"), repeats=1)
+    final = run_benchmark(config, record)
+    assert "backends" not in snapshots[0]
+    torch_done = next(i for i, s in enumerate(snapshots) if s.get("backends", {}).get("torch", {}).get("available"))
+    assert "throughput" not in snapshots[torch_done] and "throughput" in snapshots[-1]
+    assert snapshots[-1]["throughput"] == json.loads(json.dumps(final["throughput"]))

@@ -110,3 +110,78 @@ def test_loading_is_announced(tmp_path):
     result = run_cli("generate", "a dog", "--out", str(out), "--frames", "2", "--steps", "2", "--seed", "0")
     assert result.returncode == 0, result.stderr
     assert "t2v-fast: loading tiny-random (torch backend) ... done in" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--frames", "0"], "frames must be >= 1, got 0"),
+        (["--frames", "x"], "argument --frames: expected an integer, got 'x' (see t2v-fast generate --help)"),
+        (["--dtype", "float64"], "invalid choice: 'float64'"),
+        (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+    ],
+)
+def test_argument_errors_are_one_line(tmp_path, args, message):
+    result = run_cli("generate", "a cat", "--out", str(tmp_path / "x.mp4"), *args)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+    assert "usage:" not in result.stderr
+
+
+def test_every_value_is_checked_before_the_model_loads_and_all_at_once(tmp_path):
+    result = run_cli("generate", "a cat", "--out", str(tmp_path / "x.mp4"), "--fps", "-4", "--frames", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "t2v-fast: error: frames must be >= 1, got 0; fps must be > 0, got -4.0"
+    assert "loading" not in result.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_family_rule_is_checked_before_the_model_loads(tmp_path):
+    result = run_cli(
+        "generate", "a cat", "--model", "modelscope-tiny-random", "--out", str(tmp_path / "x.mp4"), "--t0", "3"
+    )
+    assert result.returncode == 2 and "t0 is a Text2Video-Zero parameter" in result.stderr
+    assert "loading" not in result.stderr
+
+
+def test_batch_into_a_read_only_folder_is_refused_before_the_model_loads(tmp_path, read_only_folder):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("prompt\na cat\n")
+    result = run_cli("batch", str(manifest), "--out", str(read_only_folder / "night"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("t2v-fast: error: cannot create output folder")
+    assert len(result.stderr.strip().splitlines()) == 1 and "loading" not in result.stderr
+    result = run_cli("batch", str(manifest), "--out", str(read_only_folder))
+    assert result.returncode == 2 and result.stderr.strip().endswith("is not writable"), result.stderr
+    assert "Traceback" not in result.stderr and "loading" not in result.stderr
+
+
+def test_batch_out_that_is_a_file_is_refused(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("prompt\na cat\n")
+    taken = tmp_path / "results"
+    taken.write_text("mine")
+    result = run_cli("batch", str(manifest), "--out", str(taken))
+    assert (
+        result.returncode == 2 and result.stderr.strip() == f"t2v-fast: error: output folder {str(taken)!r} is a file"
+    )
+    assert taken.read_text() == "mine"
+
+
+def test_progress_bar_counts_the_steps_the_user_set(tmp_path):
+    from t2v_fast.loading import describe_model
+    from t2v_fast.pipeline import plan_chunks
+    from t2v_fast.schedule import StepPlan, resolve_t0_t1
+
+    result = run_cli("generate", "a dog", "--out", str(tmp_path / "v.mp4"), "--frames", "2", "--steps", "20")
+    assert result.returncode == 0, result.stderr
+    assert "denoising: 100%" in result.stderr and "20/20" in result.stderr, result.stderr
+    # Chunked: the steps before t1 once, then every chunk's steps after t1.
+    scheduler = describe_model("tiny-random").scheduler
+    plan = StepPlan.build(scheduler, 20, *resolve_t0_t1(scheduler, 20, None, None))
+    chunks = len(plan_chunks(5, 3))
+    total = len(plan.to_t1) + chunks * len(plan.from_t1)
+    result = run_cli(
+        "generate", "a dog", "--out", str(tmp_path / "w.mp4"), "--frames", "5", "--steps", "20", "--chunk-size", "3"
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"denoising {chunks} chunks: 100%" in result.stderr and f"{total}/{total}" in result.stderr, result.stderr

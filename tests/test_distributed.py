@@ -1,5 +1,6 @@
 """Real parts: `prefect server start` (SQLite, temporary home, free loopback port), pool `gpu`, our deployments,
-an orchestration worker and two GPU workers, all on localhost; then a crash of a shard mid-run and a second night."""
+an orchestration worker and two GPU workers, all on localhost; then a crash of a shard mid-run and a second night, a
+dead node, a frozen node (a false alarm) and a night on an oversubscribed machine where nobody dies."""
 
 import collections
 import csv
@@ -9,7 +10,16 @@ import signal
 import time
 
 import pytest
-from prefect_cluster import BIN, PostgresServer, PrefectCluster, descendants, postgres_binaries
+from cpu_load import beat_gaps, cpu_load, watch_beats
+from prefect_cluster import (
+    BIN,
+    WORKER_HEARTBEAT_SECONDS,
+    PostgresServer,
+    PrefectCluster,
+    descendants,
+    postgres_binaries,
+)
+from t2v_fast.flows.nightly import worst_detection_seconds
 from test_video_output import read_mp4
 
 pytestmark = pytest.mark.integration
@@ -138,26 +148,49 @@ def test_killed_shard_then_second_night_completes_every_row_once(cluster, tmp_pa
 
 
 LEASE_SECONDS = 8
+# Time limits from the lease: the night must take a dead node for dead within the worst-case detection time (both
+# heartbeats silent long enough, seen at the polls), and relaunch its rows within a few seconds of that.
+DETECTION_SECONDS = worst_detection_seconds(LEASE_SECONDS, WORKER_HEARTBEAT_SECONDS)
+RELAUNCH_SECONDS = 4
+# Bounds the CPU burners beside a test, whatever happens to it.
+LOAD_SECONDS = 900
+
+
+def _done_counts(out):
+    """How many times each row was rendered, by every shard record of the folder."""
+    return collections.Counter(
+        entry["id"]
+        for record in (out / ".t2v-shards").glob("*.json")
+        for entry in json.loads(record.read_text())["results"]
+        if entry["status"] == "done"
+    )
+
+
+def _assert_clean(out):
+    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp") or (p.name.startswith(".") and p.is_file())]
+    assert leftovers == [] and not (out / ".t2v-claims").exists(), "no temporary file or claim left"
 
 
 def test_a_dead_node_s_rows_move_to_the_live_node_the_same_night(cluster, tmp_path):
-    """SIGKILL a render node's worker and every process under it, mid-shard: nobody reports anything."""
+    """SIGKILL a render node's worker and every process under it, mid-shard, with the machine oversubscribed (three
+    CPU-burning processes beside the cluster): nobody reports anything."""
     manifest = tmp_path / "night.csv"
     manifest.write_text(MANIFEST)
     out = tmp_path / "shared-out"
     options = dict(defaults={"frames": 6, "steps": 20}, shard_size=3, batch_videos=1, lease_seconds=LEASE_SECONDS)
-    run_id, _ = trigger(cluster, manifest, out, wait=False, **options)
+    with cpu_load(3, LOAD_SECONDS):
+        run_id, _ = trigger(cluster, manifest, out, wait=False, **options)
 
-    victim = _wait_for_a_shard_part_way(out)
-    node = next(name for name, worker in cluster.workers.items() if victim["pid"] in descendants(worker.pid))
-    worker = cluster.workers[node]
-    doomed = [worker.pid, *descendants(worker.pid)]
-    killed_at = time.time()
-    for pid in doomed:
-        os.kill(pid, signal.SIGKILL)
-    worker.wait(30)
+        victim = _wait_for_a_shard_part_way(out)
+        node = next(name for name, worker in cluster.workers.items() if victim["pid"] in descendants(worker.pid))
+        worker = cluster.workers[node]
+        doomed = [worker.pid, *descendants(worker.pid)]
+        killed_at = time.time()
+        for pid in doomed:
+            os.kill(pid, signal.SIGKILL)
+        worker.wait(30)
 
-    assert _wait_for_night(cluster, run_id, LEASE_SECONDS + 240) == "COMPLETED"
+        assert _wait_for_night(cluster, run_id, LEASE_SECONDS + 240) == "COMPLETED"
     night_seconds = time.time() - killed_at
     results = read_results(out)
     assert {k: results[k]["status"] for k in VALID} == dict.fromkeys(VALID, "done"), results
@@ -171,17 +204,80 @@ def test_a_dead_node_s_rows_move_to_the_live_node_the_same_night(cluster, tmp_pa
     assert {r["labels"]["prefect.worker.name"] for r in relaunched} == {"gpu-1", "gpu-2"} - {node}
     moved_after = min(r["created"] for r in relaunched) - killed_at
     assert moved_after <= LEASE_SECONDS + 10, f"work moved {moved_after:.0f} s after the node died"
+    assert moved_after <= DETECTION_SECONDS + RELAUNCH_SECONDS, f"work moved {moved_after:.0f} s after the node died"
     print(f"\n{node} killed: its rows moved after {moved_after:.1f} s; the night ended after {night_seconds:.1f} s")
 
-    done = collections.Counter(
-        entry["id"]
-        for record in (out / ".t2v-shards").glob("*.json")
-        for entry in json.loads(record.read_text())["results"]
-        if entry["status"] == "done"
-    )
+    done = _done_counts(out)
     assert max(done.values()) == 1, f"rendered twice: {[k for k, n in done.items() if n > 1]}"
     for name in VALID:
         assert read_mp4(out / f"{name}.mp4")[1].shape[0] == 6
-    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp") or (p.name.startswith(".") and p.is_file())]
-    assert leftovers == [] and not (out / ".t2v-claims").exists(), "no temporary file or claim left"
+    _assert_clean(out)
+    summary = cluster.artifact("nightly-summary", run_id)
+    assert f"Dead node: node {node} stopped" in summary and "False alarm" not in summary, summary
     cluster.workers[node] = cluster.start_worker(node, "render", limit=1)
+
+
+SHORT_LEASE_SECONDS = 4
+
+
+def test_a_short_lease_night_on_an_oversubscribed_machine_declares_no_node_dead(cluster, tmp_path):
+    """The failure of issue 22: three CPU-burning processes beside two rendering nodes and a lease of a few seconds,
+    and nobody dies: no node is taken for dead, every valid row is `done` and rendered once."""
+    manifest = tmp_path / "night.csv"
+    manifest.write_text(MANIFEST)
+    out = tmp_path / "shared-out"
+    options = dict(defaults={"frames": 6, "steps": 20}, shard_size=2, batch_videos=1, lease_seconds=SHORT_LEASE_SECONDS)
+    with cpu_load(3, LOAD_SECONDS):
+        watcher = watch_beats(out / ".t2v-shards" / "*.alive", LOAD_SECONDS)
+        started = time.time()
+        _, state = trigger(cluster, manifest, out, **options)
+        beats, longest = beat_gaps(watcher)
+    assert state == "COMPLETED"
+    night_seconds = time.time() - started
+    interval = SHORT_LEASE_SECONDS / 4
+    print(f"\n{beats} heartbeats due every {interval} s under load: the longest gap {longest:.2f} s")
+    assert beats > 0 and longest < SHORT_LEASE_SECONDS, "a heartbeat came a whole lease late"
+
+    runs = shard_runs(cluster, out)
+    assert [r["name"] for r in runs if "relaunch" in r["name"] or r["state"] != "COMPLETED"] == [], runs
+    assert sorted(row["id"] for run in runs for row in run["parameters"]["rows"]) == sorted(VALID)
+    results = read_results(out)
+    assert {k: results[k]["status"] for k in VALID} == dict.fromkeys(VALID, "done"), results
+    assert _done_counts(out) == dict.fromkeys(VALID, 1), "each row rendered exactly once"
+    _assert_clean(out)
+    print(f"lease {SHORT_LEASE_SECONDS} s under load: no false alarm; the night took {night_seconds:.1f} s")
+
+
+def test_a_frozen_node_taken_for_dead_is_a_false_alarm_and_every_row_it_rendered_is_done(cluster, tmp_path):
+    """SIGSTOP a render node's worker and its processes mid-shard until the night takes it for dead and relaunches
+    its rows, then SIGCONT (a stalled mount, a paused VM): the report is still true."""
+    manifest = tmp_path / "night.csv"
+    manifest.write_text(MANIFEST)
+    out = tmp_path / "shared-out"
+    options = dict(defaults={"frames": 6, "steps": 20}, shard_size=3, batch_videos=1, lease_seconds=LEASE_SECONDS)
+    run_id, _ = trigger(cluster, manifest, out, wait=False, **options)
+
+    victim = _wait_for_a_shard_part_way(out)
+    node = next(name for name, worker in cluster.workers.items() if victim["pid"] in descendants(worker.pid))
+    frozen = [cluster.workers[node].pid, *descendants(cluster.workers[node].pid)]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + DETECTION_SECONDS + RELAUNCH_SECONDS
+        while not any("relaunch" in r["name"] for r in shard_runs(cluster, out)):
+            assert time.monotonic() < deadline, "the frozen node was not taken for dead in time"
+            time.sleep(0.5)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+
+    assert _wait_for_night(cluster, run_id, LEASE_SECONDS + 240) == "COMPLETED"
+    results = read_results(out)
+    assert {k: results[k]["status"] for k in VALID} == dict.fromkeys(VALID, "done"), results
+    assert _done_counts(out) == dict.fromkeys(VALID, 1), "each row rendered exactly once"
+    summary = cluster.artifact("nightly-summary", run_id)
+    assert "False alarm:" in summary and "Dead node" not in summary, summary
+    assert "| done | 7 |" in summary and "| skipped | 0 |" in summary, summary
+    for name in VALID:
+        assert read_mp4(out / f"{name}.mp4")[1].shape[0] == 6
+    _assert_clean(out)

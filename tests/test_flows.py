@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -91,10 +92,17 @@ def test_batch_command_on_the_example_manifest(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rejected   1" in result.stdout
+    # The summary says why a row was rejected (row and column) and what QC found in what this run rendered.
+    assert (
+        f"rejected rows: 1 problems (all in {out / 'rejected.csv'})\n  row 6, column steps: 'one' is not an integer\n"
+        in (result.stdout)
+    )
+    assert re.search(r"^QC: (all 4 rows rendered this run ok|.+ of 4 rows rendered this run)$", result.stdout, re.M)
     statuses = [r["status"] for r in read_csv(out / "results.csv")]
     assert statuses.count("done") == 4 and statuses.count("rejected") == 1
     strict = run_cli("batch", "examples/prompts.csv", "--out", str(out), "--steps", "6", "--strict", cwd=REPO)
     assert strict.returncode == 1 and "skipped    4" in strict.stdout
+    assert "QC: no rows rendered this run" in strict.stdout  # the re-run rendered nothing
 
 
 def test_batch_rejects_a_broken_file_in_one_line(tmp_path):

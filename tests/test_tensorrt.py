@@ -204,7 +204,7 @@ GENERATIONS = {
     "8 frames, guidance": (dict(prompt="a cat", frames=8), True),
     "8 frames, guidance off": (dict(prompt="a cat", frames=8, guidance=1.0), True),
     "prompt equal to its negative": (dict(prompt="a cat", negative_prompt="a cat", frames=8), True),
-    "24 frames chunked by 8": (dict(prompt="a cat", frames=24, chunk_size=8), False),
+    "24 frames chunked by 8": (dict(prompt="a cat", frames=24, chunk_size=8), True),
     "5 frames": (dict(prompt="a dog", frames=5), False),
     "repeated prompts, 2 videos each": (dict(prompt=["a", "a", "b"], videos_per_prompt=2, frames=3), False),
     "2 prompts, guidance off": (dict(prompt=["x", "y"], frames=12, guidance=0.5), False),
@@ -290,3 +290,37 @@ def test_build_load_run_and_refuse_stale(tiny_engines, tmp_path):
     (folder / "engine.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="rebuild"):
         load_pipeline(str(folder), backend="tensorrt")
+
+
+def test_static_modelscope_profiles_have_no_first_frame_profile():
+    """ModelScope never sends 1 frame: a static build has one profile per guidance setting, all frames each."""
+    from t2v_fast.models import ModelInfo, load_components
+
+    info = ModelInfo.from_components(load_components("modelscope-tiny-random", device="cpu", dtype="float32"))
+    fixed = {axis: AxisRange(v, v, v) for axis, v in (("videos", 1), ("frames", 16), ("height", 64), ("width", 64))}
+    unet = BuildRanges(**fixed).profiles(info)["unet"]
+    assert [profile["sample"][0] for profile in unet] == [[1, 16, 4, 8, 8], [2, 16, 4, 8, 8]]
+
+
+class StaticUNetBackend(ShapeRecorder):
+    """The recorder with the TensorRT backend's check of a generation's shapes against static profiles."""
+
+    def __init__(self, backend, profiles):
+        super().__init__(backend)
+        self.engines = {"unet": type("Engine", (), {"profiles": profiles})()}
+
+    def check_unet_shapes(self, calls):
+        from t2v_fast.tensorrt_backend import TensorRTBackend
+
+        TensorRTBackend.check_unet_shapes(self, calls)
+
+
+def test_a_generation_outside_static_profiles_is_refused_before_any_unet_call(engine_dir, pipeline):
+    profiles = default_ranges(engine_dir, static=True).profiles(engine_dir.info)["unet"]
+    backend = StaticUNetBackend(pipeline.backend, profiles)
+    recording = TextToVideoZeroPipeline(pipeline.tokenizer, pipeline.scheduler, backend)
+    with pytest.raises(UserError, match="outside the engine's profiles"):
+        recording.generate("a cat", frames=5, steps=3, progress=False)
+    assert [call for call in backend.calls if call[0] == "unet"] == []
+    recording.generate("a cat", frames=24, chunk_size=8, steps=3, progress=False)  # equal chunks: all served
+    assert {call[1]["sample"][1] for call in backend.calls if call[0] == "unet"} == {1, 8}
