@@ -10,11 +10,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint format screenshots system-packages
 
+# setuptools notes every editable install ("Editable installation ... be careful with folders"): nothing to act on,
+# so it is silenced and the install stays quiet.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

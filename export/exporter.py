@@ -26,7 +26,8 @@ from t2v_fast.models import ModelComponents, ModelInfo, load_components
 from t2v_fast.networks import DECODE_BATCH_SIZE, NETWORKS, NetworkSpec, dims, model_dims
 
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-ONNX_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64"}
+# What an export can be optimised for beyond plain ONNX (`ExportSettings.optimized_for`).
+OPTIMIZATIONS = ("onnxruntime-cuda",)
 
 
 def _example_dims(info: ModelInfo, settings: ExportSettings) -> dict[str, int]:
@@ -55,7 +56,7 @@ def _export_component(
     example: dict[str, int],
     dtype: torch.dtype,
     folder: Path,
-    opset: int,
+    settings: ExportSettings,
 ) -> dict[str, Any]:
     import onnx
 
@@ -74,7 +75,7 @@ def _export_component(
             input_names=network.input_names,
             output_names=[network.output.name],
             dynamic_shapes=_torch_dims(network),
-            opset_version=opset,
+            opset_version=settings.opset,
             dynamo=True,
             optimize=True,  # onnxscript's optimiser: constant folding and dead-code removal
             verbose=False,
@@ -84,7 +85,12 @@ def _export_component(
     program.save(str(path))
     # Shape inference through the path API, which also works for models with external data.
     onnx.shape_inference.infer_shapes_path(str(path), str(path))
-    output_dtype = graph_output_dtype(path)
+    fused = {}
+    if settings.optimized_for == "onnxruntime-cuda":
+        from .ort_cuda import optimize_for_cuda
+
+        fused = optimize_for_cuda(path, path, network.name, float16=settings.dtype == "fp16")
+    io_dtypes = graph_io_dtypes(path)
     data = path.with_name(path.name + ".data")
     external = data.is_file()
     files = [path, data] if external else [path]
@@ -96,12 +102,18 @@ def _export_component(
         "bytes": sum(f.stat().st_size for f in files),
         "export_seconds": round(time.perf_counter() - started, 2),
         "inputs": [
-            {"name": spec.name, "dtype": ONNX_DTYPES[inputs[spec.name].dtype], "shape": spec.describe(fixed)}
-            for spec in network.inputs
+            {"name": spec.name, "dtype": io_dtypes[spec.name], "shape": spec.describe(fixed)} for spec in network.inputs
         ],
-        "outputs": [{"name": network.output.name, "dtype": output_dtype, "shape": network.output.describe(fixed)}],
+        "outputs": [
+            {
+                "name": network.output.name,
+                "dtype": io_dtypes[network.output.name],
+                "shape": network.output.describe(fixed),
+            }
+        ],
         "axis_ranges": network.axis_ranges(),
         "config": _jsonable(network.config(components)),
+        "fused_operators": fused,
     }
 
 
@@ -116,13 +128,17 @@ def _traced(module: torch.nn.Module, inputs: dict[str, torch.Tensor], network: N
         return module
 
 
-def graph_output_dtype(path: Path) -> str:
-    """The output's element type as the exported graph declares it, read from the file without its weights: the
-    exporter traced the model with fake tensors, so no eager run (minutes for a full-size UNet on a CPU) is needed."""
+def graph_io_dtypes(path: Path) -> dict[str, str]:
+    """Each input's and output's element type as the exported graph declares it, read from the file without its
+    weights: the exporter traced the model with fake tensors, so no eager run (minutes for a full-size UNet on a CPU)
+    is needed, and a graph converted to fp16 afterwards is described as it is."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    return onnx.helper.tensor_dtype_to_np_dtype(graph.output[0].type.tensor_type.elem_type).name
+    return {
+        value.name: onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+        for value in [*graph.input, *graph.output]
+    }
 
 
 NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration", "torch.utils._sympy.interp")
@@ -173,12 +189,15 @@ def export_model(
     CPU (whose half-precision kernels are slow or missing). The ONNX files do not depend on it."""
     if settings.dtype not in EXPORT_DTYPES:
         raise UserError(f"invalid export dtype {settings.dtype!r}; choose one of: {', '.join(EXPORT_DTYPES)}")
+    if settings.optimized_for not in (None, *OPTIMIZATIONS):
+        raise UserError(f"cannot optimise for {settings.optimized_for!r}; choose one of: {', '.join(OPTIMIZATIONS)}")
     if (settings.frames is not None and settings.frames < 1) or settings.videos < 1:
         raise UserError("frames and videos must be >= 1")
     out = Path(out)
     if (out / ENGINE_JSON).exists():
         raise UserError(f"{out} already holds an export; choose another folder or delete it")
-    dtype = EXPORT_DTYPES[settings.dtype]
+    # ONNX Runtime's fusions match fp32 patterns: an export optimised for it is traced in fp32 and converted after.
+    dtype = torch.float32 if settings.optimized_for else EXPORT_DTYPES[settings.dtype]
     components = load_components(model, device=device, dtype=dtype)
     info = ModelInfo.from_components(components)
     settings = replace(settings, frames=settings.frames or components.family.defaults["frames"])
@@ -191,7 +210,7 @@ def export_model(
 
     example = _example_dims(info, settings)
     exported = {
-        network.name: _export_component(network, components, info, example, dtype, out, settings.opset)
+        network.name: _export_component(network, components, info, example, dtype, out, settings)
         for network in tqdm(NETWORKS.values(), desc="exporting", unit="model", disable=not progress)
     }
     engine_dir = EngineDir.create(
@@ -201,7 +220,15 @@ def export_model(
         info,
         settings,
         exported,
-        cleanup=["onnxscript optimizer (constant folding, dead code)", "onnx shape inference"],
+        cleanup=[
+            "onnxscript optimizer (constant folding, dead code)",
+            "onnx shape inference",
+            *(
+                [f"onnxruntime.transformers optimizer (CUDA fusions), saved as {settings.dtype}"]
+                if settings.optimized_for
+                else []
+            ),
+        ],
         tool_versions=tool_versions(),
     )
     engine_dir.save()

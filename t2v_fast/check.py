@@ -117,6 +117,8 @@ def available_backends(engine_dir: EngineDir) -> tuple[list[ModelBackend], dict[
         backends.append(OnnxRuntimeBackend(engine_dir))
     except ImportError as error:
         skipped["onnxruntime"] = f"onnxruntime is not installed ({error}); pip install 't2v-fast[onnx]'"
+    except UserError as error:  # e.g. graphs optimised for the CUDA provider, on a machine without it
+        skipped["onnxruntime"] = str(error)
     try:
         from .tensorrt_backend import TensorRTBackend
 

@@ -177,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="exported precision (default fp32)")
     export.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default %(default)s)")
     export.add_argument(
+        "--optimize-for",
+        choices=["onnxruntime-cuda"],
+        help="fuse the graphs with ONNX Runtime's optimiser for its CUDA provider (traced in fp32, then converted to"
+        " --dtype); such graphs run only there (default: plain ONNX for every runtime)",
+    )
+    export.add_argument(
         "--device",
         default="cpu",
         help="where the model is loaded and traced (default cpu; cuda keeps fp16 off the CPU)",
@@ -366,7 +372,9 @@ def _export(args: argparse.Namespace) -> int:
     from .export import ExportSettings, export_model
     from .networks import COMPONENTS
 
-    settings = ExportSettings(args.frames, args.height, args.width, args.videos, args.dtype, args.opset)
+    settings = ExportSettings(
+        args.frames, args.height, args.width, args.videos, args.dtype, args.opset, args.optimize_for
+    )
     out = args.out or Path("engines") / Path(args.model.rstrip("/")).name
     engine_dir = export_model(args.model, out, settings, progress=not args.quiet, device=args.device)
     if not args.quiet:
@@ -381,8 +389,9 @@ def _build(args: argparse.Namespace) -> int:
     from .engine_dir import EngineDir
     from .tensorrt_backend import AXES, AxisRange, build_engines, default_ranges, import_tensorrt
 
-    import_tensorrt()
     engine_dir = EngineDir.load(args.engine_dir)
+    engine_dir.check_runs_on("tensorrt")
+    import_tensorrt()
     given = {axis: AxisRange.parse(text, axis) for axis in AXES if (text := getattr(args, axis))}
     build_engines(engine_dir, default_ranges(engine_dir, args.static, given), args.precision, args.timing_cache)
     return 0

@@ -36,6 +36,9 @@ class ExportSettings:
     videos: int = 1
     dtype: str = "fp32"
     opset: int = 18
+    # "onnxruntime-cuda": graphs fused by ONNX Runtime's optimiser for its CUDA provider (contrib operators that only
+    # that provider runs); None: plain ONNX for any runtime.
+    optimized_for: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class ComponentRecord:
     export_seconds: float = 0.0
     axis_ranges: dict[str, list[int]] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    fused_operators: dict[str, int] = field(default_factory=dict)  # with `optimized_for`: what the optimiser fused
 
     def input_dtype(self, name: str) -> str:
         return next(entry["dtype"] for entry in self.inputs if entry["name"] == name)
@@ -188,6 +192,16 @@ class EngineDir:
     @property
     def export_settings(self) -> ExportSettings:
         return ExportSettings(**self.manifest["export"])
+
+    def check_runs_on(self, runtime: str) -> None:
+        """Refuse a runtime that cannot run these graphs: an export optimised for one runtime holds operators only it
+        runs (ONNX Runtime's CUDA contrib operators), so anything else needs a plain export."""
+        target = self.export_settings.optimized_for
+        if target is not None and runtime != target:
+            raise UserError(
+                f"{self.path} was exported for {target} (operators only it runs), not for {runtime}:"
+                " export again without --optimize-for for this runtime"
+            )
 
     def component(self, name: str) -> ComponentRecord:
         return _record(ComponentRecord, self.manifest["components"][name])

@@ -238,6 +238,7 @@ class OnnxRuntimeBackend:
         requested, self.provider_choice = choose_providers(ort.get_available_providers(), providers)
         logger.info("onnxruntime providers: %s", self.provider_choice)
         on_gpu = requested[0] in GPU_PROVIDERS
+        engine_dir.check_runs_on("onnxruntime-cuda" if requested[0] == "CUDAExecutionProvider" else "onnxruntime-cpu")
         self.device = torch.device(device or ("cuda" if on_gpu else "cpu"))
         if on_gpu != (self.device.type == "cuda"):
             raise UserError(f"device {self.device} does not match the execution provider {requested[0]}")

@@ -258,6 +258,7 @@ def build_engines(
     """Build one strongly typed engine per component with Polygraphy, record them in engine.json, return their keys.
 
     `precision` must be the export's (the ONNX file carries it); None takes it from the export."""
+    engine_dir.check_runs_on("tensorrt")
     trt = import_tensorrt()
     from polygraphy.backend.trt import CreateConfig, Profile, engine_from_network, network_from_onnx_path, save_engine
 

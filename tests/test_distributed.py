@@ -154,6 +154,9 @@ DETECTION_SECONDS = worst_detection_seconds(LEASE_SECONDS, WORKER_HEARTBEAT_SECO
 RELAUNCH_SECONDS = 4
 # Bounds the CPU burners beside a test, whatever happens to it.
 LOAD_SECONDS = 900
+# Rows of the nights below: under load each takes seconds (long enough to catch a shard part-way), and the three
+# nights fit make test's time budget.
+NIGHT_DEFAULTS = {"frames": 6, "steps": 12}
 
 
 def _done_counts(out):
@@ -177,7 +180,7 @@ def test_a_dead_node_s_rows_move_to_the_live_node_the_same_night(cluster, tmp_pa
     manifest = tmp_path / "night.csv"
     manifest.write_text(MANIFEST)
     out = tmp_path / "shared-out"
-    options = dict(defaults={"frames": 6, "steps": 20}, shard_size=3, batch_videos=1, lease_seconds=LEASE_SECONDS)
+    options = dict(defaults=NIGHT_DEFAULTS, shard_size=3, batch_videos=1, lease_seconds=LEASE_SECONDS)
     with cpu_load(3, LOAD_SECONDS):
         run_id, _ = trigger(cluster, manifest, out, wait=False, **options)
 
@@ -226,7 +229,7 @@ def test_a_short_lease_night_on_an_oversubscribed_machine_declares_no_node_dead(
     manifest = tmp_path / "night.csv"
     manifest.write_text(MANIFEST)
     out = tmp_path / "shared-out"
-    options = dict(defaults={"frames": 6, "steps": 20}, shard_size=2, batch_videos=1, lease_seconds=SHORT_LEASE_SECONDS)
+    options = dict(defaults=NIGHT_DEFAULTS, shard_size=2, batch_videos=1, lease_seconds=SHORT_LEASE_SECONDS)
     with cpu_load(3, LOAD_SECONDS):
         watcher = watch_beats(out / ".t2v-shards" / "*.alive", LOAD_SECONDS)
         started = time.time()
@@ -254,7 +257,7 @@ def test_a_frozen_node_taken_for_dead_is_a_false_alarm_and_every_row_it_rendered
     manifest = tmp_path / "night.csv"
     manifest.write_text(MANIFEST)
     out = tmp_path / "shared-out"
-    options = dict(defaults={"frames": 6, "steps": 20}, shard_size=3, batch_videos=1, lease_seconds=LEASE_SECONDS)
+    options = dict(defaults=NIGHT_DEFAULTS, shard_size=3, batch_videos=1, lease_seconds=LEASE_SECONDS)
     run_id, _ = trigger(cluster, manifest, out, wait=False, **options)
 
     victim = _wait_for_a_shard_part_way(out)

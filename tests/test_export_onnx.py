@@ -83,7 +83,8 @@ def test_engine_json_describes_the_export(tiny_engines):
     manifest = json.loads((tiny_engines / "engine.json").read_text())
     assert manifest["source"]["model_id"] == "tiny-random"
     assert len(manifest["source"]["weights_sha256"]) == 64
-    assert manifest["export"] == {"frames": 8, "height": None, "width": None, "videos": 1, "dtype": "fp32", "opset": 18}
+    export = {"frames": 8, "height": None, "width": None, "videos": 1, "dtype": "fp32", "opset": 18}
+    assert manifest["export"] == {**export, "optimized_for": None}
     assert {"torch", "onnx", "diffusers", "transformers", "t2v_fast"} <= set(manifest["tool_versions"])
     unet = manifest["components"]["unet"]
     assert [i["name"] for i in unet["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
@@ -257,9 +258,7 @@ def test_export_records_the_output_dtype_without_running_the_model(tmp_path, dty
     info = exporter.ModelInfo.from_components(components)
     settings = exporter.ExportSettings(frames=8)
     example = exporter._example_dims(info, settings)
-    record = exporter._export_component(
-        NETWORKS["text_encoder"], components, info, example, dtype, tmp_path, settings.opset
-    )
+    record = exporter._export_component(NETWORKS["text_encoder"], components, info, example, dtype, tmp_path, settings)
     assert eager_calls == []
     wanted = {torch.float32: "float32", torch.float16: "float16"}[dtype]
     assert record["outputs"][0]["dtype"] == wanted
@@ -278,19 +277,38 @@ def test_onnx_unet_runs_below_the_traced_latent_range(tiny_engines, torch_compon
     _assert_close(_session(tiny_engines, "unet").run(None, feeds)[0], expected)
 
 
-def test_onnxruntime_cuda_path_fuses_the_fp32_graph_then_converts(tiny_engines, tmp_path):
-    """ONNX Runtime's Stable Diffusion path (fuse fp32, then convert): which fusions match our export is visible on
-    the CPU. GroupNorm and NhwcConv fuse; attention does not (our MatMul-Softmax-MatMul with cross-frame keys is not
-    ONNX Runtime's pattern), which the printed counts record. Speed can only be measured on a GPU."""
-    from t2v_fast.export.ort_cuda import optimize_for_cuda
-
-    target = tmp_path / "unet.fp16.onnx"
-    fused = optimize_for_cuda(tiny_engines / "unet.onnx", target, "unet")
-    print(f"\nONNX Runtime fusions on the tiny UNet: {fused}")
-    assert fused["GroupNorm"] + fused["SkipGroupNorm"] > 0 and fused["NhwcConv"] > 0
-    graph = onnx.load(str(target)).graph
+def test_an_export_optimised_for_onnxruntime_cuda_fuses_the_fp32_graph_then_converts(tmp_path):
+    """ONNX Runtime's Stable Diffusion path (fuse fp32, then convert), through `t2v-fast export --optimize-for`: which
+    fusions match our export is visible on the CPU. GroupNorm and NhwcConv fuse; attention does not (our
+    MatMul-Softmax-MatMul with cross-frame keys is not ONNX Runtime's pattern), which engine.json records. The fused
+    graphs hold CUDA-only contrib operators: every other runtime refuses them in one line. Speed: only on a GPU."""
+    out = tmp_path / "cuda16"
+    run_cli(
+        "export",
+        "tiny-random",
+        "--dtype",
+        "fp16",
+        "--optimize-for",
+        "onnxruntime-cuda",
+        "--out",
+        str(out),
+        "--quiet",
+        check=True,
+    )
+    engine_dir = EngineDir.load(out)
+    assert engine_dir.export_settings.optimized_for == "onnxruntime-cuda"
+    unet = engine_dir.component("unet")
+    print(f"\nONNX Runtime fusions on the tiny UNet: {unet.fused_operators}")
+    assert unet.fused_operators["GroupNorm"] + unet.fused_operators["SkipGroupNorm"] > 0
+    assert unet.fused_operators["NhwcConv"] > 0
+    assert unet.input_dtype("sample") == "float16" and unet.outputs[0]["dtype"] == "float16"
+    assert engine_dir.component("text_encoder").input_dtype("input_ids") == "int64"
+    graph = onnx.load(str(out / "unet.onnx")).graph
     assert {node.op_type for node in graph.node} >= {"GroupNorm", "NhwcConv"}
     half = onnx.TensorProto.FLOAT16
-    assert graph.input[0].type.tensor_type.elem_type == half
     weights = [t for t in graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, half) and len(t.dims) > 1]
     assert weights and all(t.data_type == half for t in weights)
+    with pytest.raises(UserError, match=r"was exported for onnxruntime-cuda .*not for onnxruntime-cpu"):
+        load_pipeline(str(out), backend="onnxruntime")
+    build = run_cli("build", str(out))
+    assert build.returncode == 2 and "not for tensorrt" in build.stderr and "Traceback" not in build.stderr
