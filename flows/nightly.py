@@ -30,9 +30,7 @@ relaunch render each row.
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,6 +69,7 @@ from t2v_fast.loading import describe_model
 from t2v_fast.manifest import ManifestRow, parse_manifest
 from t2v_fast.params import GenerationParams
 from t2v_fast.qc import QcThresholds
+from t2v_fast.video import unwritable
 
 RENDER_SHARD_DEPLOYMENT = "render-shard/render-shard"
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -375,15 +374,6 @@ def _run_shards_in_process(
         results += merge_night([_shard_outcome(out, shard, model_id, thresholds, state), returned])
         update_progress_artifact(progress, 100 * done / len(shards))
     return results
-
-
-def unwritable(out: Path) -> str | None:
-    """Why nothing can be written into `out` (a read-only mount, no permission), or None."""
-    if os.statvfs(out).f_flag & os.ST_RDONLY:
-        return os.strerror(errno.EROFS)
-    if not os.access(out, os.W_OK | os.X_OK):
-        return os.strerror(errno.EACCES)
-    return None
 
 
 def _summary(results: list[RowResult], counts: dict[str, int], seconds: float, alarms: list[str]) -> str:

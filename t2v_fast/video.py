@@ -68,9 +68,18 @@ def prepare_output_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create output folder {str(folder)!r}: {error.strerror}") from None
-    # os.access also answers for read-only mounts, where even root cannot write.
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if unwritable(folder):
         raise UserError(f"output folder {str(folder)!r} is not writable")
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why nothing can be written into `folder` (a read-only mount, where even root cannot write; no permission), or
+    None."""
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return os.strerror(errno.EROFS)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return os.strerror(errno.EACCES)
+    return None
 
 
 def check_complete_mp4(path: Path) -> None:
