@@ -27,14 +27,14 @@ RUN python3 -m pip install --index-url "${TORCH_INDEX}" "${TORCH_SPEC}" \
 assert torch.version.cuda.split('.')[0] == cuda, (torch.version.cuda, cuda)" \
     && python3 -c "import tensorrt; print(tensorrt.__version__)" > /tmp/tensorrt-version
 
-# The library and the folders installed inside it (t2v_fast.export, .flows, .benchmarks); the deployments run the
+# The library and the folders installed inside it (export, .flows, .benchmarks); the deployments run the
 # flows from where they are installed, the same path on every node of this image.
 COPY pyproject.toml README.md LICENSE ./
 COPY t2v_fast ./t2v_fast
 COPY export ./export
 COPY flows ./flows
 COPY benchmarks ./benchmarks
-RUN python3 -m pip install ".[tensorrt,flows]" && python3 -c "import tensorrt, t2v_fast.flows.nightly; \
+RUN python3 -m pip install ".[tensorrt,flows]" && python3 -c "import tensorrt, flows.nightly; \
 assert tensorrt.__version__ == open('/tmp/tensorrt-version').read().strip(), 'the extra replaced the container TensorRT'"
 
 RUN useradd --create-home --uid 1000 worker && chown -R worker /opt/t2v-fast

@@ -1,6 +1,6 @@
 """Benchmark harness: every backend against diffusers' reference pipeline, side by side in one process.
 
-Installed as `t2v_fast.benchmarks`; `t2v-fast bench` (or `python -m t2v_fast.benchmarks`) is its command line.
+`t2v-fast bench` (or `python -m benchmarks`) is its command line.
 """
 
 import tempfile

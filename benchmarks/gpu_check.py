@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2v_fast.check import DEFAULT_TOLERANCES, compare
+from t2v_fast.backends.check import DEFAULT_TOLERANCES, compare
+from t2v_fast.backends.torch import TorchBackend
+from t2v_fast.core.models import ModelInfo, load_components, save_components
+from t2v_fast.core.networks import NETWORKS, dims
+from t2v_fast.core.params import GenerationParams
 from t2v_fast.loading import describe_model
-from t2v_fast.models import ModelInfo, load_components, save_components
-from t2v_fast.networks import NETWORKS, dims
-from t2v_fast.params import GenerationParams
 from t2v_fast.quiet import quiet_libraries
-from t2v_fast.runtime import TorchBackend
 
 from .harness import BenchConfig, run_benchmark
 from .measure import describe_machine

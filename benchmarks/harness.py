@@ -1,4 +1,4 @@
-"""`t2v-fast bench` / `python -m t2v_fast.benchmarks`: latency, memory and FLOPs of every backend against the reference.
+"""`t2v-fast bench` / `python -m benchmarks`: latency, memory and FLOPs of every backend against the reference.
 
 Everything is measured side by side in one process run, on the same inputs: per stage (text encoding, one UNet call,
 VAE decode of all frames, end to end per video), cold start separately from warm runs, medians and p90s, peak memory,
@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2v_fast.families import takes
+from t2v_fast.backends.torch import FEED_FORWARD_CHUNK_TOKENS
+from t2v_fast.core.families import takes
+from t2v_fast.core.models import ModelInfo, dtype_name, load_components, resolve_device, resolve_dtype, save_components
+from t2v_fast.core.params import GenerationParams
+from t2v_fast.core.pipeline import VideoPipeline
+from t2v_fast.families.modelscope.unet3d import chunk_feed_forward
 from t2v_fast.loading import describe_model, load_pipeline
-from t2v_fast.models import ModelInfo, dtype_name, load_components, resolve_device, resolve_dtype, save_components
-from t2v_fast.params import GenerationParams
 from t2v_fast.quiet import quiet_libraries
-from t2v_fast.runtime import FEED_FORWARD_CHUNK_TOKENS
-from t2v_fast.unet3d import chunk_feed_forward
-from t2v_fast.video_pipeline import VideoPipeline
 
 from . import BACKENDS, RESULTS_ROOT, SECTIONS
 from .measure import PeakMemory, count_flops, describe_machine, make_rss_track_live_memory, matmul_ceiling, timed

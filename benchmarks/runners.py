@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2v_fast.families import MODELSCOPE, TEXT2VIDEO_ZERO
+from t2v_fast.core.families import MODELSCOPE, TEXT2VIDEO_ZERO
+from t2v_fast.core.models import ModelInfo
+from t2v_fast.core.networks import NETWORKS, dims
+from t2v_fast.core.pipeline import VideoPipeline, VideoRequest
 from t2v_fast.loading import load_pipeline
-from t2v_fast.models import ModelInfo
-from t2v_fast.networks import NETWORKS, dims
-from t2v_fast.video_pipeline import VideoPipeline, VideoRequest
 
 
 class Unavailable(Exception):
@@ -232,7 +232,7 @@ def onnxruntime_runner(
 ) -> PipelineRunner:
     import onnxruntime
 
-    from t2v_fast.runtime import onnxruntime_providers
+    from t2v_fast.backends.onnxruntime import onnxruntime_providers
 
     providers = onnxruntime_providers()
     if device.type == "cuda" and providers == ["CPUExecutionProvider"]:
@@ -241,7 +241,7 @@ def onnxruntime_runner(
         )
 
     def prepare():
-        from t2v_fast.export import ExportSettings, export_model
+        from export import ExportSettings, export_model
 
         folder = Path(tempfile.mkdtemp(prefix="t2v-bench-onnx-"))
         started = time.perf_counter()
@@ -264,10 +264,10 @@ def tensorrt_runner(
         raise Unavailable("TensorRT needs a CUDA device")
 
     def prepare():
-        from t2v_fast.export import ExportSettings, export_model
-
-        from t2v_fast.engine_dir import EngineDir
-        from t2v_fast.tensorrt_backend import AxisRange, BuildRanges, build_engines
+        from export import ExportSettings, export_model
+        from export.tensorrt_build import build_engines
+        from t2v_fast.core.engine_dir import EngineDir
+        from t2v_fast.core.profiles import AxisRange, BuildRanges
 
         folder = Path(tempfile.mkdtemp(prefix="t2v-bench-trt-")) / "engines"
         started = time.perf_counter()

@@ -1,10 +1,10 @@
 """Export: PyTorch networks -> ONNX files and `engine.json`, the first of the export / build / run steps.
 
-Installed as `t2v_fast.export`; `t2v-fast export` is its command line. Building TensorRT engines from these files is
-`t2v_fast.tensorrt_backend`, running them is `t2v_fast.runtime`.
+`t2v-fast export` is its command line and `t2v-fast build` that of `export.tensorrt_build` (TensorRT engines from these
+files); running either is a backend's work (`t2v_fast.backends`).
 """
 
-from t2v_fast.engine_dir import ExportSettings
+from t2v_fast.core.engine_dir import ExportSettings
 
 from .exporter import EXPORT_DTYPES, export_model
 

@@ -1,6 +1,6 @@
 """Export the text encoder, the video UNet (with cross-frame attention) and the VAE decoder to ONNX.
 
-What is exported, with which inputs and dynamic axes, is the table in `t2v_fast.networks`: text batch, videos ×
+What is exported, with which inputs and dynamic axes, is the table in `t2v_fast.core.networks`: text batch, videos ×
 guidance, frames per video, latent height and width, decoded images. The frame count is never a constant.
 """
 
@@ -20,10 +20,10 @@ from torch.export import Dim
 from tqdm.auto import tqdm
 
 from t2v_fast._version import __version__
-from t2v_fast.engine_dir import ENGINE_JSON, EngineDir, ExportSettings, file_sha256
+from t2v_fast.core.engine_dir import ENGINE_JSON, EngineDir, ExportSettings, file_sha256
+from t2v_fast.core.models import ModelComponents, ModelInfo, load_components
+from t2v_fast.core.networks import DECODE_BATCH_SIZE, NETWORKS, NetworkSpec, dims, model_dims
 from t2v_fast.errors import UserError
-from t2v_fast.models import ModelComponents, ModelInfo, load_components
-from t2v_fast.networks import DECODE_BATCH_SIZE, NETWORKS, NetworkSpec, dims, model_dims
 
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # What an export can be optimised for beyond plain ONNX (`ExportSettings.optimized_for`).

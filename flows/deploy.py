@@ -1,6 +1,6 @@
 """Create the `nightly` and `render-shard` deployments on a work pool (the Python equivalent of a prefect.yaml).
 
-    python -m t2v_fast.flows.deploy --manifest /shared/prompts.csv --out /shared/videos --timezone Europe/Berlin
+    python -m flows.deploy --manifest /shared/prompts.csv --out /shared/videos --timezone Europe/Berlin
 
 Both deployments run the flows from the folder this module is installed in (`from_source` of a local path), so every
 node needs t2v-fast installed at the same path, as in the Dockerfile's image. `nightly` runs at 02:00 in

@@ -3,7 +3,7 @@
 Telling a dead node from a slow one. The night watches three signs of life of every shard run it launched:
 
 - the shard's heartbeat file, touched every quarter lease by a dedicated beater process with real-time priority
-  (`t2v_fast.claims.Heartbeat`), so a busy CPU or a render holding the GIL does not make it late;
+  (`t2v_fast.bulk.claims.Heartbeat`), so a busy CPU or a render holding the GIL does not make it late;
 - the heartbeat of the shard's Prefect worker to the server (`Worker.last_heartbeat_time` of the work pool, every
   `PREFECT_WORKER_HEARTBEAT_SECONDS`): a power loss, a kernel panic or the OOM killer taking the worker stops it;
 - the flow run's state: a worker that is alive reports its process's death (CRASHED) by itself.
@@ -48,9 +48,12 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from prefect.states import Crashed
-from t2v_fast.flows.render_shard import render_shard
 
-from t2v_fast.batch import (
+from flows.render_shard import render_shard
+from t2v_fast.bulk.claims import DEFAULT_LEASE_SECONDS
+from t2v_fast.bulk.manifest import ManifestRow, parse_manifest
+from t2v_fast.bulk.qc import QcThresholds
+from t2v_fast.bulk.rendering import (
     RowResult,
     count_statuses,
     is_done,
@@ -64,12 +67,9 @@ from t2v_fast.batch import (
     split_done,
     write_reports,
 )
-from t2v_fast.claims import DEFAULT_LEASE_SECONDS
+from t2v_fast.core.params import GenerationParams
+from t2v_fast.core.video import unwritable
 from t2v_fast.loading import describe_model
-from t2v_fast.manifest import ManifestRow, parse_manifest
-from t2v_fast.params import GenerationParams
-from t2v_fast.qc import QcThresholds
-from t2v_fast.video import unwritable
 
 RENDER_SHARD_DEPLOYMENT = "render-shard/render-shard"
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

@@ -1,10 +1,10 @@
 """`render-shard`: render one shard of a night's manifest on one GPU node, loading the pipeline once.
 
 One shard per GPU at a time is the worker's job: each GPU node runs one worker on the `render` queue with `--limit 1`.
-While it runs, a dedicated beater process with real-time priority (`t2v_fast.claims.Heartbeat`) touches the shard's
+While it runs, a dedicated beater process with real-time priority (`t2v_fast.bulk.claims.Heartbeat`) touches the shard's
 heartbeat file every quarter lease, so a render that keeps the CPUs busy cannot make it late. The nightly flow takes
 a shard for a dead node only when that heartbeat and its worker's heartbeat to the Prefect server are both silent
-(`t2v_fast.flows.nightly.dead_reason`), and gives its unfinished rows to another node.
+(`flows.nightly.dead_reason`), and gives its unfinished rows to another node.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from t2v_fast.batch import RowResult, render_rows, save_shard_results, shard_heartbeat_path
-from t2v_fast.claims import DEFAULT_LEASE_SECONDS, Claims, Heartbeat
+from t2v_fast.bulk.claims import DEFAULT_LEASE_SECONDS, Claims, Heartbeat
+from t2v_fast.bulk.manifest import ManifestRow
+from t2v_fast.bulk.qc import QcThresholds
+from t2v_fast.bulk.rendering import RowResult, render_rows, save_shard_results, shard_heartbeat_path
 from t2v_fast.loading import load_pipeline
-from t2v_fast.manifest import ManifestRow
-from t2v_fast.qc import QcThresholds
 
 
 @flow(name="render-shard", log_prints=True)

@@ -9,15 +9,15 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
-from .errors import NumericalError, T2vFastError, UserError
+from t2v_fast._version import __version__
+from t2v_fast.errors import NumericalError, T2vFastError, UserError
 
 if TYPE_CHECKING:
-    from .loading import load_pipeline
-    from .modelscope_pipeline import ModelScopePipeline
-    from .pipeline import TextToVideoZeroPipeline
-    from .video import Video
-    from .video_pipeline import VideoPipeline
+    from t2v_fast.core.families.modelscope.pipeline import ModelScopePipeline
+    from t2v_fast.core.families.text2video_zero.pipeline import TextToVideoZeroPipeline
+    from t2v_fast.core.pipeline import VideoPipeline
+    from t2v_fast.core.video import Video
+    from t2v_fast.loading import load_pipeline
 
 _LAZY = {
     "load_pipeline": ".loading",

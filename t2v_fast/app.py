@@ -20,11 +20,11 @@ from typing import Any
 
 import gradio as gr
 
-from .errors import T2vFastError, UserError
-from .families import TEXT2VIDEO_ZERO, defaults_by_family, takes
-from .loading import describe_model, load_pipeline
-from .params import GenerationParams, raise_problems, request_problems
-from .presets import PRESETS
+from t2v_fast.core.families import TEXT2VIDEO_ZERO, defaults_by_family, takes
+from t2v_fast.core.params import GenerationParams, raise_problems, request_problems
+from t2v_fast.core.presets import PRESETS
+from t2v_fast.errors import T2vFastError, UserError
+from t2v_fast.loading import describe_model, load_pipeline
 
 DEFAULTS = GenerationParams()
 # The motion sliders always hold a value; at rest they mean "not chosen" for a model that takes no motion.

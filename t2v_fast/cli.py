@@ -12,12 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
-from ._version import __version__
-from .choices import BACKENDS, DTYPE_NAMES
-from .errors import NumericalError, UserError
-from .families import TEXT2VIDEO_ZERO, defaults_by_family
-from .params import GenerationParams, raise_problems, request_problems
-from .presets import PRESETS
+from t2v_fast._version import __version__
+from t2v_fast.core.choices import BACKENDS, DTYPE_NAMES
+from t2v_fast.core.families import TEXT2VIDEO_ZERO, defaults_by_family
+from t2v_fast.core.params import GenerationParams, raise_problems, request_problems
+from t2v_fast.core.presets import PRESETS
+from t2v_fast.errors import NumericalError, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_NUMERICAL_ERROR = 3
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _integer(text: str) -> int:
-    """An integer; its range is a parameter rule (`t2v_fast.params`), checked with every other problem at once."""
+    """An integer; its range is a parameter rule (`t2v_fast.core.params`), checked with every other problem at once."""
     try:
         return int(text)
     except ValueError:
@@ -266,7 +266,7 @@ def _generation_params(args: argparse.Namespace) -> GenerationParams:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .video import check_writable
+    from t2v_fast.core.video import check_writable
 
     given = {"seed": args.seed} if args.seed is not None else {}
     problems = request_problems(prompt=args.prompt, videos_per_prompt=args.videos_per_prompt, **given)
@@ -275,7 +275,7 @@ def _generate(args: argparse.Namespace) -> int:
     for path in paths:
         check_writable(path)
     source = str(args.engines) if args.engines else args.model
-    from .loading import describe_model, load_pipeline
+    from t2v_fast.loading import describe_model, load_pipeline
 
     # Every rule that needs only the model's configs is checked before its weights load (minutes for a large model).
     raise_problems(problems + _generation_params(args).check(describe_model(source))[1])
@@ -309,7 +309,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .batch import (
+    from t2v_fast.bulk.claims import Claims
+    from t2v_fast.bulk.manifest import parse_manifest
+    from t2v_fast.bulk.qc import QcThresholds
+    from t2v_fast.bulk.rendering import (
         count_statuses,
         qc_summary,
         rejection_lines,
@@ -318,11 +321,8 @@ def _batch(args: argparse.Namespace) -> int:
         split_done,
         write_reports,
     )
-    from .claims import Claims
-    from .loading import describe_model, load_pipeline
-    from .manifest import parse_manifest
-    from .qc import QcThresholds
-    from .video import prepare_output_folder
+    from t2v_fast.core.video import prepare_output_folder
+    from t2v_fast.loading import describe_model, load_pipeline
 
     source = str(args.engines) if args.engines else args.model
     names = ("frames", "steps", "height", "width", "guidance", "fps")
@@ -369,8 +369,8 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import ExportSettings, export_model
-    from .networks import COMPONENTS
+    from export import ExportSettings, export_model
+    from t2v_fast.core.networks import COMPONENTS
 
     settings = ExportSettings(
         args.frames, args.height, args.width, args.videos, args.dtype, args.opset, args.optimize_for
@@ -386,8 +386,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .engine_dir import EngineDir
-    from .tensorrt_backend import AXES, AxisRange, build_engines, default_ranges, import_tensorrt
+    from export.tensorrt_build import build_engines
+    from t2v_fast.backends.tensorrt import import_tensorrt
+    from t2v_fast.core.engine_dir import EngineDir
+    from t2v_fast.core.profiles import AXES, AxisRange, default_ranges
 
     engine_dir = EngineDir.load(args.engine_dir)
     engine_dir.check_runs_on("tensorrt")
@@ -398,7 +400,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .check import check_engine_dir, format_report
+    from t2v_fast.backends.check import check_engine_dir, format_report
 
     tolerances = {}
     for item in args.tolerance:
@@ -414,7 +416,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     try:
-        from .app import serve
+        from t2v_fast.app import serve
     except ImportError as error:
         raise UserError(f"the web app needs Gradio ({error.name} is missing): pip install 't2v-fast[ui]'") from None
     models = [*([str(args.engines)] if args.engines else []), *args.model]
@@ -428,7 +430,7 @@ NETWORK_MODULES = ("text_encoder", "unet", "vae")
 
 
 def _model_save(args: argparse.Namespace) -> int:
-    from .models import load_components, save_components
+    from t2v_fast.core.models import load_components, save_components
 
     if args.folder.exists() and any(args.folder.iterdir()):
         raise UserError(f"folder {str(args.folder)!r} exists and is not empty")
@@ -443,12 +445,12 @@ def _model_save(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
-        from .benchmarks.cli import main as bench
+        from benchmarks.cli import main as bench
 
         return bench(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="t2v-fast: %(levelname)s: %(message)s")
-    from .quiet import quiet_libraries
+    from t2v_fast.quiet import quiet_libraries
 
     quiet_libraries()
     handler: Callable[[argparse.Namespace], int] = args.handler

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from transformers import CLIPTokenizer
 
-from .choices import BACKENDS
-from .engine_dir import EngineDir
-from .errors import UserError
-from .families import MODELSCOPE, TEXT2VIDEO_ZERO, Family, family_named, family_of_unet
-from .models import ModelSpec, load_components, read_config, resolve_folder, scheduler_from_config
-from .modelscope_pipeline import ModelScopePipeline
-from .pipeline import TextToVideoZeroPipeline
-from .presets import PRESETS, preset_configs, preset_scheduler, preset_tokenizer
-from .runtime import ModelBackend, OnnxRuntimeBackend, TorchBackend
-from .video_pipeline import VideoPipeline
+from t2v_fast.backends.onnxruntime import OnnxRuntimeBackend
+from t2v_fast.backends.torch import TorchBackend
+from t2v_fast.core.choices import BACKENDS
+from t2v_fast.core.engine_dir import EngineDir
+from t2v_fast.core.families import MODELSCOPE, TEXT2VIDEO_ZERO, Family, family_named, family_of_unet
+from t2v_fast.core.models import ModelSpec, load_components, read_config, resolve_folder, scheduler_from_config
+from t2v_fast.core.pipeline import VideoPipeline
+from t2v_fast.core.presets import PRESETS, preset_configs, preset_scheduler, preset_tokenizer
+from t2v_fast.errors import UserError
+from t2v_fast.families.modelscope.pipeline import ModelScopePipeline
+from t2v_fast.families.text2video_zero.pipeline import TextToVideoZeroPipeline
+from t2v_fast.runtime import ModelBackend
 
 # Each family's pipeline: the one loop of that family, over any backend.
 PIPELINES: dict[str, type[VideoPipeline]] = {
@@ -91,7 +93,7 @@ def load_pipeline(
         engine_dir = EngineDir.load(model)  # the ONNX files are what runs: verify them
         runner = OnnxRuntimeBackend(engine_dir, providers=providers, device=device, cuda_graph=cuda_graph)
     else:
-        from .tensorrt_backend import TensorRTBackend
+        from t2v_fast.backends.tensorrt import TensorRTBackend
 
         # The engines are what runs: they are checked against engine.json as they load, the ONNX is not re-read.
         engine_dir = EngineDir.load(model, verify_hashes=False)

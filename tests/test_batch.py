@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-import t2v_fast.video as video_module
-from t2v_fast.batch import batch_groups, is_done, render_rows
+import t2v_fast.core.video as video_module
+from t2v_fast.bulk.manifest import ManifestRow
+from t2v_fast.bulk.rendering import batch_groups, is_done, render_rows
+from t2v_fast.core.params import GenerationParams
 from t2v_fast.loading import describe_model
-from t2v_fast.manifest import ManifestRow
-from t2v_fast.params import GenerationParams
 
 PARAMS = GenerationParams(frames=2, steps=3).resolve(describe_model("tiny-random")).as_dict()
 
@@ -83,9 +83,9 @@ def test_an_unwritable_output_fails_clearly_leaves_nothing_partial_and_renders_n
 def test_nan_guard_failures_are_not_retried(tmp_path, tiny_folder):
     import torch
 
-    from t2v_fast.models import load_components
-    from t2v_fast.pipeline import TextToVideoZeroPipeline
-    from t2v_fast.runtime import TorchBackend
+    from t2v_fast.backends.torch import TorchBackend
+    from t2v_fast.core.models import load_components
+    from t2v_fast.families.text2video_zero.pipeline import TextToVideoZeroPipeline
 
     components = load_components(str(tiny_folder))
     with torch.no_grad():
@@ -120,9 +120,9 @@ def test_output_names(pipeline, tmp_path, videos):
 
 
 def test_qc_verdicts_follow_the_thresholds_and_reach_results_csv(pipeline, tmp_path):
-    from t2v_fast.batch import write_reports
-    from t2v_fast.manifest import Manifest
-    from t2v_fast.qc import QcThresholds
+    from t2v_fast.bulk.manifest import Manifest
+    from t2v_fast.bulk.qc import QcThresholds
+    from t2v_fast.bulk.rendering import write_reports
 
     [ok] = render_rows(pipeline, [row(2, "a")], tmp_path / "ok")
     [frozen] = render_rows(pipeline, [row(2, "a")], tmp_path / "strict", qc_thresholds=QcThresholds(frozen_mad=1e9))

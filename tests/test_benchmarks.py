@@ -115,8 +115,8 @@ def test_unknown_section_is_a_clear_error(tmp_path):
 
 
 def test_results_default_outside_the_tree_and_never_overwrite(tmp_path):
-    from t2v_fast.benchmarks import COMMITTED_RESULTS, RESULTS_ROOT
-    from t2v_fast.benchmarks.harness import new_folder
+    from benchmarks import COMMITTED_RESULTS, RESULTS_ROOT
+    from benchmarks.harness import new_folder
 
     tree = COMMITTED_RESULTS.parent.parent
     assert not RESULTS_ROOT.resolve().is_relative_to(tree.resolve())
@@ -126,8 +126,8 @@ def test_results_default_outside_the_tree_and_never_overwrite(tmp_path):
 
 def test_results_are_reported_after_every_contender_and_section():
     """A run stopped at its time limit must still have written what it measured."""
-    from t2v_fast.benchmarks.harness import BenchConfig, run_benchmark
-    from t2v_fast.benchmarks.report import markdown
+    from benchmarks.harness import BenchConfig, run_benchmark
+    from benchmarks.report import markdown
 
     snapshots = []
 

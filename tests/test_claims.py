@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cpu_load import beat_gaps, cpu_load, watch_beats
 
-from t2v_fast.claims import Claims, Heartbeat
+from t2v_fast.bulk.claims import Claims, Heartbeat
 
 
 def test_a_claimed_row_is_refused_to_another_claimant_and_free_after_release(tmp_path):

@@ -168,9 +168,9 @@ def test_batch_out_that_is_a_file_is_refused(tmp_path):
 
 
 def test_progress_bar_counts_the_steps_the_user_set(tmp_path):
+    from t2v_fast.core.schedule import StepPlan, resolve_t0_t1
+    from t2v_fast.families.text2video_zero.pipeline import plan_chunks
     from t2v_fast.loading import describe_model
-    from t2v_fast.pipeline import plan_chunks
-    from t2v_fast.schedule import StepPlan, resolve_t0_t1
 
     result = run_cli("generate", "a dog", "--out", str(tmp_path / "v.mp4"), "--frames", "2", "--steps", "20")
     assert result.returncode == 0, result.stderr

@@ -137,10 +137,10 @@ def test_batch_into_a_read_only_mount_changes_nothing_and_says_why(tmpfs, tmp_pa
 
 def test_render_rows_into_a_read_only_mount_fails_each_row_with_the_file_and_the_reason(tmpfs, pipeline):
     """The library call (the nightly's shards use it): each row fails with the file it could not write, at once."""
-    from t2v_fast.batch import render_rows
+    from t2v_fast.bulk.manifest import ManifestRow
+    from t2v_fast.bulk.rendering import render_rows
+    from t2v_fast.core.params import GenerationParams
     from t2v_fast.loading import describe_model
-    from t2v_fast.manifest import ManifestRow
-    from t2v_fast.params import GenerationParams
 
     params = GenerationParams(frames=2, steps=2).resolve(describe_model("tiny-random")).as_dict()
     rows = [ManifestRow(2 + k, f"r{k}", f"scene {k}", "", k, 1, params) for k in range(3)]
@@ -159,7 +159,7 @@ def test_render_rows_into_a_read_only_mount_fails_each_row_with_the_file_and_the
 
 
 def _night(manifest: Path, out: Path) -> dict[str, int]:
-    from t2v_fast.flows.nightly import nightly
+    from flows.nightly import nightly
 
     return nightly(str(manifest), str(out), shard_size=1, defaults={"frames": 16, "steps": 3})
 

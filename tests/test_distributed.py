@@ -19,8 +19,9 @@ from prefect_cluster import (
     descendants,
     postgres_binaries,
 )
-from t2v_fast.flows.nightly import worst_detection_seconds
 from test_video_output import read_mp4
+
+from flows.nightly import worst_detection_seconds
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,7 @@ def cluster(request, tmp_path_factory):
     try:
         cluster.start_server()
         cluster.run(str(BIN / "prefect"), "work-pool", "create", "gpu", "--type", "process")
-        cluster.python("from t2v_fast.flows.deploy import deploy; deploy('unused.csv', 'unused', schedule=False)")
+        cluster.python("from flows.deploy import deploy; deploy('unused.csv', 'unused', schedule=False)")
         cluster.start_worker("orchestrator", "orchestration")
         cluster.workers = {name: cluster.start_worker(name, "render", limit=1) for name in ("gpu-1", "gpu-2")}
         yield cluster

@@ -12,7 +12,7 @@ import torch
 from conftest import run_cli
 
 from t2v_fast.attention_plugin import VideoUNet
-from t2v_fast.models import load_components
+from t2v_fast.core.models import load_components
 
 pytestmark = pytest.mark.slow
 

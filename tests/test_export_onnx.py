@@ -13,11 +13,11 @@ from conftest import assert_is_moving_video, max_pixel_diff, run_cli
 
 from t2v_fast import load_pipeline
 from t2v_fast.attention_plugin import VideoUNet
-from t2v_fast.engine_dir import EngineDir
+from t2v_fast.backends.onnxruntime import provider_options
+from t2v_fast.core.engine_dir import EngineDir
+from t2v_fast.core.models import load_components
+from t2v_fast.core.networks import TextEncoder, VaeDecoder
 from t2v_fast.errors import UserError
-from t2v_fast.models import load_components
-from t2v_fast.networks import TextEncoder, VaeDecoder
-from t2v_fast.runtime import provider_options
 
 TOLERANCE = 1e-4
 
@@ -243,9 +243,8 @@ def test_export_refuses_to_overwrite_and_bad_sizes(tiny_engines, tmp_path):
 def test_export_records_the_output_dtype_without_running_the_model(tmp_path, dtype):
     """The exporter traces with fake tensors; an eager forward only to learn the output dtype cost minutes for a
     full-size fp16 UNet on a CPU. A hook counts forwards that receive real tensors: there must be none."""
-    from t2v_fast.export import exporter
-
-    from t2v_fast.networks import NETWORKS
+    from export import exporter
+    from t2v_fast.core.networks import NETWORKS
 
     components = load_components("tiny-random", device="cpu", dtype=dtype)
     eager_calls = []

@@ -40,7 +40,7 @@ def outputs_and_times(folder):
 
 
 def test_nightly_renders_good_rows_and_reports_every_row(harness, tmp_path):
-    from t2v_fast.flows.nightly import nightly
+    from flows.nightly import nightly
 
     manifest = tmp_path / "prompts.csv"
     manifest.write_text(MANIFEST)
@@ -113,7 +113,7 @@ def test_batch_rejects_a_broken_file_in_one_line(tmp_path):
 
 
 def test_nightly_takes_a_modelscope_model_without_new_flags(harness, tmp_path):
-    from t2v_fast.flows.nightly import nightly
+    from flows.nightly import nightly
 
     manifest = tmp_path / "prompts.csv"
     manifest.write_text("id,prompt,seed,frames,t0\nkite,a red kite,1,3,\nsea,the sea,2,,\nlate,a bird,3,3,40\n")

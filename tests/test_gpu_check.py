@@ -14,7 +14,7 @@ NETWORKS = {"text_encoder", "unet", "vae_decoder"}
 def check(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
     run = subprocess.run(
-        [sys.executable, "-m", "t2v_fast.benchmarks.gpu_check", "--quick", "--out", str(out), "--device", "cpu"],
+        [sys.executable, "-m", "benchmarks.gpu_check", "--quick", "--out", str(out), "--device", "cpu"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2v_fast.models import load_components
-from t2v_fast.runtime import TorchBackend
+from t2v_fast.backends.torch import TorchBackend
+from t2v_fast.core.models import load_components
 
 # Same weights and inputs, only the memory layout differs: float32 accumulation order, relative to the output's RMS.
 LAYOUT_TOLERANCE = 1e-5
@@ -36,7 +36,7 @@ def test_channels_last_applies_to_2d_convolutions_only_and_changes_nothing(prese
 
 def test_check_judges_errors_relative_to_the_output_rms():
     """An absolute 1e-4 passed any error on a near-zero output and failed float32 noise on a large one."""
-    from t2v_fast.check import DEFAULT_TOLERANCES, compare
+    from t2v_fast.backends.check import DEFAULT_TOLERANCES, compare
 
     generator = torch.Generator().manual_seed(0)
     tolerance = DEFAULT_TOLERANCES["fp32"]["text_encoder"]
@@ -50,7 +50,7 @@ def test_check_judges_errors_relative_to_the_output_rms():
 
 
 def test_fp16_unet_tolerance_is_not_tighter_than_the_full_size_test():
-    from t2v_fast.check import DEFAULT_TOLERANCES
+    from t2v_fast.backends.check import DEFAULT_TOLERANCES
 
     full_size_fp16 = 5e-2  # tests/test_export_full_size.py, on an output of RMS ~1
     assert DEFAULT_TOLERANCES["fp16"]["unet"] >= full_size_fp16
@@ -63,8 +63,9 @@ def test_fp32_engines_are_built_with_tf32_off(tiny_engines, tmp_path, monkeypatc
     import sys
     import types
 
-    from t2v_fast import tensorrt_backend
-    from t2v_fast.engine_dir import EngineDir
+    from export import tensorrt_build
+    from t2v_fast.core.engine_dir import EngineDir
+    from t2v_fast.core.profiles import default_ranges
 
     configs = []
     polygraphy = types.ModuleType("polygraphy.backend.trt")
@@ -77,13 +78,13 @@ def test_fp32_engines_are_built_with_tf32_off(tiny_engines, tmp_path, monkeypatc
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "polygraphy.backend.trt", polygraphy)
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="11.4.0"))
-    monkeypatch.setattr(tensorrt_backend, "compute_capability", lambda device=None: "9.0")
+    monkeypatch.setattr(tensorrt_build, "compute_capability", lambda device=None: "9.0")
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "stand-in GPU")
     folder = tmp_path / "engines"
     shutil.copytree(tiny_engines, folder)
     engine_dir = EngineDir.load(folder)
-    ranges = tensorrt_backend.default_ranges(engine_dir, static=True)
-    tensorrt_backend.build_engines(engine_dir, ranges, "fp32", progress=False)
+    ranges = default_ranges(engine_dir, static=True)
+    tensorrt_build.build_engines(engine_dir, ranges, "fp32", progress=False)
     assert len(configs) == 3 and all(config["tf32"] is False for config in configs)
 
 
@@ -101,7 +102,7 @@ GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecution
     ids=["gpu wheel without TensorRT", "gpu wheel with TensorRT", "cuda build", "cpu build"],
 )
 def test_onnxruntime_provider_choice(available, tensorrt_loads, first):
-    from t2v_fast.runtime import choose_providers
+    from t2v_fast.backends.onnxruntime import choose_providers
 
     providers, reason = choose_providers(available, tensorrt_loads=lambda: tensorrt_loads)
     assert providers[0] == first and providers[-1] == "CPUExecutionProvider" and reason.startswith(first)
@@ -113,7 +114,7 @@ def test_the_gpu_wheel_defaults_to_cuda_where_tensorrt_does_not_load(monkeypatch
     """The public entry point, with the GPU wheel's provider list; TensorRT's libraries are absent here."""
     import onnxruntime
 
-    from t2v_fast.runtime import onnxruntime_providers, tensorrt_libraries_load
+    from t2v_fast.backends.onnxruntime import onnxruntime_providers, tensorrt_libraries_load
 
     assert not tensorrt_libraries_load()
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(GPU_BUILD))
@@ -125,8 +126,8 @@ def test_the_gpu_wheel_defaults_to_cuda_where_tensorrt_does_not_load(monkeypatch
 
 
 def test_cuda_provider_options_are_onnxruntimes_own(tiny_engines):
-    from t2v_fast.engine_dir import EngineDir
-    from t2v_fast.runtime import provider_options
+    from t2v_fast.backends.onnxruntime import provider_options
+    from t2v_fast.core.engine_dir import EngineDir
 
     options = provider_options(EngineDir.load(tiny_engines), "unet", "CUDAExecutionProvider", 1)
     assert options == {
@@ -166,8 +167,8 @@ class RecordingSession:
 def test_iobinding_runs_are_synchronised_like_onnxruntimes_helpers(tiny_engines):
     """ORT's CUDA stream does not wait for torch's: inputs are synchronised before the run, outputs after (a CPU
     session records the order; on CUDA the same calls also order the streams). Results are unchanged."""
-    from t2v_fast.engine_dir import EngineDir
-    from t2v_fast.runtime import OnnxRuntimeBackend
+    from t2v_fast.backends.onnxruntime import OnnxRuntimeBackend
+    from t2v_fast.core.engine_dir import EngineDir
 
     backend = OnnxRuntimeBackend(EngineDir.load(tiny_engines))
     sample = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -185,7 +186,7 @@ def test_cuda_peak_memory_is_the_devices_not_only_torchs(monkeypatch):
     (cudaMemGetInfo, sampled) sees them. CUDA is simulated: the sampling logic is what is tested."""
     import time
 
-    from t2v_fast.benchmarks.measure import PeakMemory
+    from benchmarks.measure import PeakMemory
 
     used = {"bytes": 1_000}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10_000 - used["bytes"], 10_000))

@@ -9,16 +9,16 @@ import copy
 import pytest
 import torch
 
+from t2v_fast.backends.torch import TorchBackend
 from t2v_fast.errors import NumericalError
-from t2v_fast.pipeline import TextToVideoZeroPipeline
-from t2v_fast.runtime import TorchBackend
+from t2v_fast.families.text2video_zero.pipeline import TextToVideoZeroPipeline
 
 SMALL = dict(frames=2, height=64, width=64, steps=3, progress=False, seed=0)
 
 
 @pytest.fixture
 def components(pipeline, tiny_folder):
-    from t2v_fast.models import load_components
+    from t2v_fast.core.models import load_components
 
     return load_components(str(tiny_folder), device="cpu", dtype="float32")
 

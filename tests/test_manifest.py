@@ -2,10 +2,10 @@
 
 import pytest
 
+from t2v_fast.bulk.manifest import parse_manifest, stable_id
+from t2v_fast.core.params import GenerationParams
 from t2v_fast.errors import UserError
 from t2v_fast.loading import describe_model
-from t2v_fast.manifest import parse_manifest, stable_id
-from t2v_fast.params import GenerationParams
 
 
 @pytest.fixture(scope="module")

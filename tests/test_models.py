@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from t2v_fast.models import load_components, weights_sha256
-from t2v_fast.presets import build_networks, build_random_components, preset_configs
+from t2v_fast.core.models import load_components, weights_sha256
+from t2v_fast.core.presets import build_networks, build_random_components, preset_configs
 
 
 def test_tiny_preset_is_deterministic():

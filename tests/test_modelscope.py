@@ -13,10 +13,10 @@ from conftest import max_pixel_diff, run_cli
 from test_video_output import read_mp4
 
 from t2v_fast import ModelScopePipeline, TextToVideoZeroPipeline, load_pipeline
+from t2v_fast.backends.torch import TorchBackend
+from t2v_fast.core.models import load_components
 from t2v_fast.errors import UserError
-from t2v_fast.models import load_components
-from t2v_fast.runtime import TorchBackend
-from t2v_fast.unet3d import VideoUNet3D
+from t2v_fast.families.modelscope.unet3d import VideoUNet3D
 
 TOLERANCE = 2
 PROMPT, NEGATIVE = "a panda playing guitar on times square", "blurry, low quality"
@@ -243,8 +243,8 @@ def test_tensorrt_default_ranges_admit_every_call_of_a_default_generation(ms_eng
     """TensorRT ranges for this family, from its export (16 frames): every shape a default generation sends fits."""
     from test_tensorrt import ShapeRecorder
 
-    from t2v_fast.engine_dir import EngineDir
-    from t2v_fast.tensorrt_backend import default_ranges, profile_index
+    from t2v_fast.core.engine_dir import EngineDir
+    from t2v_fast.core.profiles import default_ranges, profile_index
 
     engine_dir = EngineDir.load(ms_engines, verify_hashes=False)
     ranges = default_ranges(engine_dir, static=static)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import run_cli
 
-from t2v_fast.models import load_components
-from t2v_fast.unet3d import VideoUNet3D
+from t2v_fast.core.models import load_components
+from t2v_fast.families.modelscope.unet3d import VideoUNet3D
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-3  # fp32: accumulation order only, through 4 levels of spatial and temporal layers

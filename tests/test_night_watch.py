@@ -4,9 +4,9 @@ when shards of the same rows disagree (a false alarm and its relaunch)."""
 import math
 
 import pytest
-from t2v_fast.flows.nightly import HUNG_LEASES, STARTUP_LEASES, dead_reason, merge_night, worst_detection_seconds
 
-from t2v_fast.batch import RowResult
+from flows.nightly import HUNG_LEASES, STARTUP_LEASES, dead_reason, merge_night, worst_detection_seconds
+from t2v_fast.bulk.rendering import RowResult
 
 LEASE, WORKER = 8.0, 5.0
 

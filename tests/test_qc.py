@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from t2v_fast.qc import QcThresholds, measure
+from t2v_fast.bulk.qc import QcThresholds, measure
 
 
 def _textured(height=64, width=64, seed=0) -> np.ndarray:

@@ -5,7 +5,8 @@ Tolerance: 2/255 per pixel; the observed difference is 0-1/255.
 
 import pytest
 from conftest import assert_is_moving_video, max_pixel_diff, reference_frames
-from t2v_fast.benchmarks.runners import reference_arguments
+
+from benchmarks.runners import reference_arguments
 
 TOLERANCE = 2
 

@@ -8,22 +8,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# Where each part of the installed package lives in the repository (pyproject's package-dir).
-PACKAGES = {
-    "t2v_fast": "t2v_fast",
-    "t2v_fast.export": "export",
-    "t2v_fast.flows": "flows",
-    "t2v_fast.benchmarks": "benchmarks",
-}
-ENTRY_POINTS = ("t2v_fast.export", "t2v_fast.flows", "t2v_fast.benchmarks")
+# The installed top-level packages, each in the folder of its name.
+PACKAGES = ("t2v_fast", "export", "flows", "benchmarks")
+ENTRY_POINTS = ("export", "flows", "benchmarks")
 HEAVY = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "prefect")
 
 
 def _modules() -> dict[str, Path]:
     found = {}
-    for package, folder in PACKAGES.items():
-        for path in sorted((REPO / folder).glob("*.py")):
-            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if path.stem == "__init__" else parts)] = path
     return found
 
 

@@ -14,20 +14,12 @@ import pytest
 import torch
 from conftest import max_pixel_diff, run_cli
 
-from t2v_fast.engine_dir import EngineDir, EngineRecord
+from export.tensorrt_build import timing_cache_path
+from t2v_fast.backends.tensorrt import engine_key, load_plan, select_engine
+from t2v_fast.core.engine_dir import EngineDir, EngineRecord
+from t2v_fast.core.profiles import AxisRange, BuildRanges, check_in_profiles, default_ranges, profile_index
 from t2v_fast.errors import UserError
-from t2v_fast.pipeline import TextToVideoZeroPipeline
-from t2v_fast.tensorrt_backend import (
-    AxisRange,
-    BuildRanges,
-    check_in_profiles,
-    default_ranges,
-    engine_key,
-    load_plan,
-    profile_index,
-    select_engine,
-    timing_cache_path,
-)
+from t2v_fast.families.text2video_zero.pipeline import TextToVideoZeroPipeline
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 gpu = pytest.mark.skipif(
@@ -294,7 +286,7 @@ def test_build_load_run_and_refuse_stale(tiny_engines, tmp_path):
 
 def test_static_modelscope_profiles_have_no_first_frame_profile():
     """ModelScope never sends 1 frame: a static build has one profile per guidance setting, all frames each."""
-    from t2v_fast.models import ModelInfo, load_components
+    from t2v_fast.core.models import ModelInfo, load_components
 
     info = ModelInfo.from_components(load_components("modelscope-tiny-random", device="cpu", dtype="float32"))
     fixed = {axis: AxisRange(v, v, v) for axis, v in (("videos", 1), ("frames", 16), ("height", 64), ("width", 64))}
@@ -310,7 +302,7 @@ class StaticUNetBackend(ShapeRecorder):
         self.engines = {"unet": type("Engine", (), {"profiles": profiles})()}
 
     def check_unet_shapes(self, calls):
-        from t2v_fast.tensorrt_backend import TensorRTBackend
+        from t2v_fast.backends.tensorrt import TensorRTBackend
 
         TensorRTBackend.check_unet_shapes(self, calls)
 

@@ -6,7 +6,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-import t2v_fast.video as video_module
+import t2v_fast.core.video as video_module
 from t2v_fast import Video, __version__
 from t2v_fast.errors import UserError
 

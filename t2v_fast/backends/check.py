@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .engine_dir import EngineDir
-from .errors import UserError
-from .models import load_components
-from .networks import COMPONENTS, DECODE_BATCH_SIZE, NETWORKS, dims
-from .runtime import ModelBackend, OnnxRuntimeBackend, TorchBackend
+from t2v_fast.backends.onnxruntime import OnnxRuntimeBackend
+from t2v_fast.backends.torch import TorchBackend
+from t2v_fast.core.engine_dir import EngineDir
+from t2v_fast.core.models import load_components
+from t2v_fast.core.networks import COMPONENTS, DECODE_BATCH_SIZE, NETWORKS, dims
+from t2v_fast.errors import UserError
+from t2v_fast.runtime import ModelBackend
 
 # Tolerances on the largest error relative to the reference output's RMS (so one number means the same for the
 # text encoder's embeddings, the UNet's unit-variance noise and the VAE's [-1, 1] images), by the precision the
@@ -120,7 +122,7 @@ def available_backends(engine_dir: EngineDir) -> tuple[list[ModelBackend], dict[
     except UserError as error:  # e.g. graphs optimised for the CUDA provider, on a machine without it
         skipped["onnxruntime"] = str(error)
     try:
-        from .tensorrt_backend import TensorRTBackend
+        from t2v_fast.backends.tensorrt import TensorRTBackend
 
         backends.append(TensorRTBackend(engine_dir))
     except UserError as error:

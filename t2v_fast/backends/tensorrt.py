@@ -1,10 +1,10 @@
-"""TensorRT: build engines from the exported ONNX files, and run them behind the pipeline's model interface.
+"""TensorRT: run the engines built from the exported ONNX files behind the backend protocol.
 
-Split as in NVIDIA's TensorRT diffusion demo: `build_engines` (ONNX -> engine, strongly typed, with optimisation
-profiles and a timing cache), `TrtEngine` (one engine, one execution context per profile, named I/O bound to device
-buffers, CUDA graphs per shape for fixed-shape profiles) and `TensorRTBackend` (three engines on one CUDA stream,
-sharing one block of device memory). Engines are recorded in `engine.json`; loading refuses an engine whose ONNX or
-model hash, TensorRT version, GPU or precision does not match.
+Split as in NVIDIA's TensorRT diffusion demo: building is `export.tensorrt_build` (ONNX -> engine, strongly typed,
+with optimisation profiles from `t2v_fast.core.profiles` and a timing cache), `TrtEngine` (one engine, one execution
+context per profile, named I/O bound to device buffers, CUDA graphs per shape for fixed-shape profiles) and
+`TensorRTBackend` (three engines on one CUDA stream, sharing one block of device memory). Engines are recorded in
+`engine.json`; loading refuses an engine whose ONNX or model hash, TensorRT version, GPU or precision does not match.
 
 Precision is carried by the ONNX file (`t2v-fast export --dtype fp16`) and the network is built strongly typed, as
 NVIDIA's demo does: TensorRT 11 removed the weakly typed fp16/bf16 builder flags, so this works on 10.x and 11.x.
@@ -18,25 +18,19 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .engine_dir import EngineDir, EngineRecord
-from .errors import UserError
-from .families import TEXT2VIDEO_ZERO
-from .models import ModelInfo
-from .networks import COMPONENTS, DECODE_BATCH_SIZE, NETWORKS, dims
-from .runtime import DeviceScalars
+from t2v_fast.backends.torch import DeviceScalars
+from t2v_fast.core.engine_dir import EngineDir, EngineRecord
+from t2v_fast.core.networks import COMPONENTS
+from t2v_fast.core.profiles import check_in_profiles, is_fixed
+from t2v_fast.errors import UserError
 
 # Engines carry the precision of the ONNX they were built from (strongly typed networks).
 PRECISIONS = {"fp32": "fp32", "fp16": "fp16"}
 INSTALL_HINT = "TensorRT is not installed: pip install 't2v-fast[tensorrt]' on a machine with an NVIDIA GPU"
-
-Profile = dict[str, list[list[int]]]  # input name -> [min, opt, max] shape
 
 
 def import_tensorrt():
@@ -59,146 +53,6 @@ def compute_capability(device: torch.device | None = None) -> str:
         raise UserError("TensorRT engines need a CUDA GPU, and this machine has none")
     major, minor = torch.cuda.get_device_capability(device)
     return f"{major}.{minor}"
-
-
-@dataclass(frozen=True)
-class AxisRange:
-    minimum: int
-    optimum: int
-    maximum: int
-
-    @classmethod
-    def parse(cls, text: str, name: str) -> AxisRange:
-        """`N` (static) or `MIN:OPT:MAX`."""
-        try:
-            values = [int(v) for v in text.split(":")]
-        except ValueError:
-            raise UserError(f"--{name} must be N or MIN:OPT:MAX with integers, got {text!r}") from None
-        if len(values) == 1:
-            values *= 3
-        if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
-            raise UserError(f"--{name} must be N or MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, got {text!r}")
-        return cls(*values)
-
-    @property
-    def is_fixed(self) -> bool:
-        return self.minimum == self.maximum
-
-
-@dataclass(frozen=True)
-class BuildRanges:
-    """Ranges of the user-facing quantities; each component's optimisation profiles are derived from them.
-
-    What the pipeline sends (see `pipeline.py`), and so what the profiles must cover: the text encoder gets the unique
-    texts of a call, 1 to 2×videos; the UNet gets videos×2 with guidance or videos without, and 1 frame (the first
-    frame, denoised alone) or a whole video or chunk; the VAE gets 1 to `decode_batch` images per call.
-    """
-
-    videos: AxisRange
-    frames: AxisRange
-    height: AxisRange
-    width: AxisRange
-    decode_batch: int = DECODE_BATCH_SIZE
-
-    @property
-    def is_static(self) -> bool:
-        return all(a.is_fixed for a in (self.videos, self.frames, self.height, self.width))
-
-    def _dims(self, info: ModelInfo, point: str, unet_batch: int, frames: int, images: int) -> dict[str, int]:
-        height, width = getattr(self.height, point), getattr(self.width, point)
-        return dims(info, videos=unet_batch, frames=frames, height=height, width=width, images=images)
-
-    def profiles(self, info: ModelInfo) -> dict[str, list[Profile]]:
-        """Per component, its optimisation profiles (per input: [min, opt, max] shapes).
-
-        Static ranges give the UNet one fixed-shape profile per shape it receives (guidance on and off × the first
-        frame alone, which only Text2Video-Zero sends, and all frames: a chunked video's chunks all have the frame
-        count, see `pipeline.plan_chunks`), so that each can replay a CUDA graph; dynamic ranges give one profile that
-        spans them. The text encoder and the VAE run a few times per video and always get one ranged profile.
-        """
-        for name, axis in (("height", self.height), ("width", self.width)):
-            for value in (axis.minimum, axis.optimum, axis.maximum):
-                if value % info.size_multiple:
-                    raise UserError(f"--{name} values must be multiples of {info.size_multiple}, got {value}")
-        videos, frames = self.videos, self.frames
-        images = (1, min(self.decode_batch, frames.optimum * videos.optimum), self.decode_batch)
-        text_batch = (1, 2 * videos.optimum, 2 * videos.maximum)
-        low, opt, high = (
-            self._dims(info, point, batch, 1, image)
-            for point, batch, image in zip(("minimum", "optimum", "maximum"), text_batch, images, strict=True)
-        )
-        ranged = {name: [NETWORKS[name].profile(low, opt, high)] for name in ("text_encoder", "vae_decoder")}
-        if self.is_static:
-            # Text2Video-Zero denoises its first frame alone (1 frame); ModelScope only ever sends whole videos.
-            counts = (1, frames.minimum) if info.family == TEXT2VIDEO_ZERO.name else (frames.minimum,)
-            batches = (videos.minimum, 2 * videos.minimum)
-            shapes = sorted({(batch, count) for batch in batches for count in counts})
-            fixed = [self._dims(info, "minimum", batch, count, 1) for batch, count in shapes]
-            unet = [NETWORKS["unet"].profile(shape, shape, shape) for shape in fixed]
-        else:
-            unet_low = self._dims(info, "minimum", videos.minimum, 1, 1)
-            unet_opt = self._dims(info, "optimum", 2 * videos.optimum, frames.optimum, 1)
-            unet_high = self._dims(info, "maximum", 2 * videos.maximum, frames.maximum, 1)
-            unet = [NETWORKS["unet"].profile(unet_low, unet_opt, unet_high)]
-        return {"text_encoder": ranged["text_encoder"], "unet": unet, "vae_decoder": ranged["vae_decoder"]}
-
-
-AXES = ("videos", "frames", "height", "width")
-
-
-def default_ranges(engine_dir: EngineDir, static: bool, given: dict[str, AxisRange] | None = None) -> BuildRanges:
-    """Ranges around the export's example shapes: exactly them with `static`, else room for 1-4 videos and from 1
-    frame to twice the export's (at least 24) at the export's size; `given` ranges override either. The export's
-    frame count is its family's default unless chosen (8 Text2Video-Zero: 1-24 frames; 16 ModelScope: 1-32)."""
-    export, native = engine_dir.export_settings, engine_dir.info.native_size
-    exported = {
-        "videos": export.videos,
-        "frames": export.frames,
-        "height": export.height or native,
-        "width": export.width or native,
-    }
-    dynamic = {
-        "videos": AxisRange(1, export.videos, max(export.videos, 4)),
-        "frames": AxisRange(1, export.frames, max(2 * export.frames, 24)),
-    }
-    ranges = {}
-    for axis, value in exported.items():
-        fixed = AxisRange(value, value, value)
-        ranges[axis] = fixed if static else dynamic.get(axis, fixed)
-    return BuildRanges(**{**ranges, **(given or {})})
-
-
-def profile_index(profiles: list[Profile], shapes: dict[str, tuple[int, ...]]) -> int | None:
-    """The first profile that admits every input shape, or None."""
-    for index, profile in enumerate(profiles):
-        if all(_within(shapes[name], profile[name]) for name in shapes):
-            return index
-    return None
-
-
-def _within(shape: tuple[int, ...], limits: list[list[int]]) -> bool:
-    low, _, high = limits
-    return len(shape) == len(low) and all(lo <= s <= hi for s, lo, hi in zip(shape, low, high, strict=True))
-
-
-def is_fixed(profile: Profile) -> bool:
-    return all(limits[0] == limits[2] for limits in profile.values())
-
-
-def check_in_profiles(component: str, shapes: dict[str, tuple[int, ...]], profiles: list[Profile]) -> int:
-    """The profile to run `shapes` with; a shape outside every profile is refused, naming the valid ranges."""
-    index = profile_index(profiles, shapes)
-    if index is None:
-        ranges = "; ".join(
-            ", ".join(f"{name} {limits[0]} .. {limits[2]}" for name, limits in p.items() if name in shapes)
-            for p in profiles
-        )
-        given = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
-        raise UserError(
-            f"{component} inputs {given} are outside the engine's profiles ({ranges});"
-            " rebuild with wider ranges (t2v-fast build --videos/--frames/--height/--width)"
-        )
-    return index
 
 
 def engine_key(component: str, tensorrt_version: str, capability: str, precision: str, static: bool) -> str:
@@ -241,80 +95,6 @@ def select_engine(
     if not present:
         raise UserError(f"engine file {engine_dir.path / fresh[0].file} is missing; {rebuild}")
     return max(present, key=lambda e: e.built_at)
-
-
-def timing_cache_path(engine_dir: EngineDir, tensorrt_version: str, capability: str) -> Path:
-    """Timing measurements are only valid for one TensorRT version on one GPU architecture."""
-    return engine_dir.path / f"timing.trt{tensorrt_version}.sm{capability.replace('.', '')}.cache"
-
-
-def build_engines(
-    engine_dir: EngineDir,
-    ranges: BuildRanges,
-    precision: str | None = None,
-    timing_cache: Path | None = None,
-    progress: bool = True,
-) -> list[str]:
-    """Build one strongly typed engine per component with Polygraphy, record them in engine.json, return their keys.
-
-    `precision` must be the export's (the ONNX file carries it); None takes it from the export."""
-    engine_dir.check_runs_on("tensorrt")
-    trt = import_tensorrt()
-    from polygraphy.backend.trt import CreateConfig, Profile, engine_from_network, network_from_onnx_path, save_engine
-
-    exported = engine_dir.export_settings.dtype
-    precision = precision or exported
-    if precision != exported:
-        raise UserError(
-            f"{engine_dir.path} was exported in {exported}, and engines take the precision of their ONNX files:"
-            f" export again with --dtype {precision} to build {precision} engines"
-        )
-    capability = compute_capability()
-    profiles = ranges.profiles(engine_dir.info)
-    timing_cache = timing_cache or timing_cache_path(engine_dir, trt.__version__, capability)
-    keys = []
-    for component in COMPONENTS:
-        engine_dir.verify_onnx(component)
-        key = engine_key(component, trt.__version__, capability, precision, ranges.is_static)
-        trt_profiles = []
-        for shapes in profiles[component]:
-            profile = Profile()
-            for name, (low, opt, high) in shapes.items():
-                profile.add(name, min=low, opt=opt, max=high)
-            trt_profiles.append(profile)
-        started = time.perf_counter()
-        network = network_from_onnx_path(str(engine_dir.onnx_path(component)), strongly_typed=True)
-        config = CreateConfig(
-            # fp32 engines are the accuracy reference (`t2v-fast check` holds them to fp32's 1e-4): TF32, on by
-            # default in TensorRT, would round matmul and convolution inputs to 10-bit mantissas. fp16 is the fast path.
-            tf32=False,
-            profiles=trt_profiles,
-            load_timing_cache=str(timing_cache) if timing_cache.exists() else None,
-        )
-        engine = engine_from_network(network, config=config, save_timing_cache=str(timing_cache))
-        path = engine_dir.path / f"{key}.plan"
-        save_engine(engine, str(path))
-        record = EngineRecord(
-            component=component,
-            file=path.name,
-            tensorrt_version=trt.__version__,
-            compute_capability=capability,
-            onnx_sha256=engine_dir.component(component).sha256,
-            weights_sha256=engine_dir.weights_sha256,
-            profiles=profiles[component],
-            precision=precision,
-            gpu=torch.cuda.get_device_name(),
-            static=ranges.is_static,
-            build_seconds=round(time.perf_counter() - started, 1),
-            built_at=time.time(),
-            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-            bytes=path.stat().st_size,
-        )
-        engine_dir.record_engine(key, record)
-        keys.append(key)
-        if progress:
-            print(f"built {record.file} in {record.build_seconds} s")
-    return keys
 
 
 def load_plan(engine_dir: EngineDir, record: EngineRecord) -> bytes:

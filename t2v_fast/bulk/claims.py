@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_path
+from t2v_fast.atomic import atomic_path
 
 DEFAULT_LEASE_SECONDS = 60.0
 CLAIMS_FOLDER = ".t2v-claims"

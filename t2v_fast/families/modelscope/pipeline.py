@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .params import GenerationParams
-from .video_pipeline import VideoPipeline, VideoRequest, check_finite, timed
+from t2v_fast.core.params import GenerationParams
+from t2v_fast.core.pipeline import VideoPipeline, VideoRequest, check_finite, timed
 
 
 class ModelScopePipeline(VideoPipeline):

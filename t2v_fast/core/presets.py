@@ -11,8 +11,8 @@ from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
-from .families import family_of_unet
+from t2v_fast.core.families import family_of_unet
+from t2v_fast.errors import UserError
 
 if TYPE_CHECKING:  # imported where used: the command line lists the presets without loading torch
     import torch

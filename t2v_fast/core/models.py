@@ -1,5 +1,5 @@
 """Loading and saving a model's five components (tokenizer, text encoder, UNet, VAE, scheduler), from a preset, a
-local folder or a hub id, for either family (`t2v_fast.families`)."""
+local folder or a hub id, for either family (`t2v_fast.core.families`)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import torch
 from diffusers import AutoencoderKL, SchedulerMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .choices import DTYPE_NAMES
-from .errors import UserError
-from .families import TEXT2VIDEO_ZERO, Family, family_named, family_of_unet
-from .presets import PRESETS, build_random_components
+from t2v_fast.core.choices import DTYPE_NAMES
+from t2v_fast.core.families import TEXT2VIDEO_ZERO, Family, family_named, family_of_unet
+from t2v_fast.core.presets import PRESETS, build_random_components
+from t2v_fast.errors import UserError
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 

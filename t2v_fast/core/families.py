@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
+from t2v_fast.errors import UserError
 
 
 @dataclass(frozen=True)

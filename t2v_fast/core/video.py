@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import UserError
+from t2v_fast.atomic import atomic_path
+from t2v_fast.errors import UserError
 
 
 @dataclass

@@ -24,15 +24,15 @@ from typing import Any
 
 import torch
 
-from . import qc
-from .atomic import atomic_path
-from .claims import Claims, Holder
-from .errors import NumericalError, UserError
-from .manifest import Manifest, ManifestRow
-from .qc import QcThresholds
-from .video_pipeline import VideoPipeline
+from t2v_fast.atomic import atomic_path
+from t2v_fast.bulk import qc
+from t2v_fast.bulk.claims import Claims, Holder
+from t2v_fast.bulk.manifest import Manifest, ManifestRow
+from t2v_fast.bulk.qc import QcThresholds
+from t2v_fast.core.pipeline import VideoPipeline
+from t2v_fast.errors import NumericalError, UserError
 
-logger = logging.getLogger("t2v_fast.batch")
+logger = logging.getLogger("t2v_fast.bulk.rendering")
 
 # Failures worth another try: the file system, the network, GPU memory taken by someone else. Anything else is
 # deterministic for the same input (bad values, the NaN guard, a bug) and retrying only wastes the night.

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
-from .params import GenerationParams, ParamProblem, raise_problems, request_problems
+from t2v_fast.core.params import GenerationParams, ParamProblem, raise_problems, request_problems
+from t2v_fast.errors import UserError
 
 if TYPE_CHECKING:
-    from .models import ModelSpec
+    from t2v_fast.core.models import ModelSpec
 
 INT_FIELDS = ("seed", "frames", "steps", "height", "width", "t0", "t1", "videos_per_prompt")
 FLOAT_FIELDS = ("guidance", "fps", "motion_x", "motion_y")

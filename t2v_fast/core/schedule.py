@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from .errors import UserError
+from t2v_fast.errors import UserError
 
 if TYPE_CHECKING:  # imported where used, so that the command line's argument parsing stays light
     import torch

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention_plugin import VideoUNet
-from .families import MODELSCOPE, TEXT2VIDEO_ZERO
-from .models import ModelComponents, ModelInfo
-from .unet3d import VideoUNet3D
+from t2v_fast.attention_plugin import VideoUNet
+from t2v_fast.core.families import MODELSCOPE, TEXT2VIDEO_ZERO
+from t2v_fast.core.models import ModelComponents, ModelInfo
+from t2v_fast.families.modelscope.unet3d import VideoUNet3D
 
 # VAE images decoded per call: the pipeline's default, and the largest image batch an engine is built for.
 DECODE_BATCH_SIZE = 8

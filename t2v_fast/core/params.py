@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
-from .families import FAMILY_PARAMS, takes
-from .schedule import DEFAULT_STEPS, MIN_STEPS, resolve_t0_t1
+from t2v_fast.core.families import FAMILY_PARAMS, takes
+from t2v_fast.core.schedule import DEFAULT_STEPS, MIN_STEPS, resolve_t0_t1
+from t2v_fast.errors import UserError
 
 if TYPE_CHECKING:
-    from .models import ModelSpec
+    from t2v_fast.core.models import ModelSpec
 
 MAX_SEED = 2**63 - 1
 MIN_CHUNK_SIZE = 2
@@ -39,7 +39,7 @@ class ParamProblem:
 @dataclass(frozen=True)
 class GenerationParams:
     """Every per-video setting; None means the model's default. `height`/`width` default to the model's native size,
-    frames, guidance, fps and motion to its family's (`t2v_fast.families`), t0/t1 follow `schedule`. Motion, t0, t1
+    frames, guidance, fps and motion to its family's (`t2v_fast.core.families`), t0/t1 follow `schedule`. Motion, t0, t1
     and chunk_size are Text2Video-Zero's: a family that does not take them refuses them and resolves them to None."""
 
     frames: int | None = None

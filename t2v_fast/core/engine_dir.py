@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path
-from .errors import UserError
-from .models import ModelInfo
-from .networks import COMPONENTS
+from t2v_fast.atomic import atomic_path
+from t2v_fast.core.models import ModelInfo
+from t2v_fast.core.networks import COMPONENTS
+from t2v_fast.errors import UserError
 
 ENGINE_JSON = "engine.json"
 FORMAT_VERSION = 1

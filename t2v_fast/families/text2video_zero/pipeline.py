@@ -20,10 +20,10 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from .motion import forward_diffuse, warp_latents
-from .params import GenerationParams
-from .schedule import StepPlan
-from .video_pipeline import VideoPipeline, VideoRequest, check_finite, timed
+from t2v_fast.core.params import GenerationParams
+from t2v_fast.core.pipeline import VideoPipeline, VideoRequest, check_finite, timed
+from t2v_fast.core.schedule import StepPlan
+from t2v_fast.families.text2video_zero.motion import forward_diffuse, warp_latents
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,15 @@ from diffusers import SchedulerMixin
 from tqdm.auto import tqdm
 from transformers import CLIPTokenizer
 
-from . import qc
-from ._version import __version__
-from .errors import NumericalError, UserError
-from .models import ModelSpec, dtype_name
-from .networks import DECODE_BATCH_SIZE
-from .params import GenerationParams, ParamProblem, raise_problems, request_problems
-from .runtime import ModelBackend
-from .schedule import DEFAULT_STEPS
-from .video import Video
+from t2v_fast._version import __version__
+from t2v_fast.bulk import qc
+from t2v_fast.core.models import ModelSpec, dtype_name
+from t2v_fast.core.networks import DECODE_BATCH_SIZE
+from t2v_fast.core.params import GenerationParams, ParamProblem, raise_problems, request_problems
+from t2v_fast.core.schedule import DEFAULT_STEPS
+from t2v_fast.core.video import Video
+from t2v_fast.errors import NumericalError, UserError
+from t2v_fast.runtime import ModelBackend
 
 logger = logging.getLogger("t2v_fast")
 
@@ -137,7 +137,7 @@ class VideoPipeline(ABC):
         `negative_prompt`: one for all prompts or one per prompt. `seed`: video k gets `seed + k` (random when None),
         or a list with one seed per video. `frames` per video, scheduler `steps`, classifier-free `guidance` (<= 1:
         off), `height`/`width` in pixels (default: the model's native size; multiples of its VAE scale, 8), `fps` of
-        the MP4. None takes the model family's default (`t2v_fast.families`: 8 frames, guidance 7.5 and 4 fps for
+        the MP4. None takes the model family's default (`t2v_fast.core.families`: 8 frames, guidance 7.5 and 4 fps for
         Text2Video-Zero; 16 frames, guidance 9.0 and 8 fps for ModelScope).
         Text2Video-Zero only: `motion_x`/`motion_y` translation per frame in 1/512 of the frame (default 12),
         `t0`/`t1` steps counted from the end (default: the reference's 44/47 of 50, scaled), `chunk_size` frames per

@@ -1,0 +1,93 @@
+"""The PyTorch backend: the modules export writes to ONNX, run as they are; the reference for every other backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from t2v_fast.core.models import ModelComponents, ModelInfo
+from t2v_fast.core.networks import NETWORKS
+from t2v_fast.families.modelscope.unet3d import chunk_feed_forward
+
+# Tokens per feed-forward call in the torch backend: bounds the largest activation (the feed-forward's 4×-wide hidden
+# layer, 8× with GEGLU) so that peak memory grows with frames no faster than the activations the UNet must keep.
+FEED_FORWARD_CHUNK_TOKENS = 16384
+
+
+class DeviceScalars:
+    """Integer scalars (timesteps) copied to the device once each, so the denoising loop never waits on a copy."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def get(self, value: torch.Tensor) -> torch.Tensor:
+        key = int(value)
+        if key not in self.cache:
+            self.cache[key] = torch.tensor(key, dtype=torch.int64, device=self.device)
+        return self.cache[key]
+
+
+def channels_last_convolutions(module: nn.Module) -> None:
+    """Channels-last weights for the 2-D convolutions only (tensor-core friendly NHWC kernels on CUDA).
+
+    `module.to(memory_format=torch.channels_last)` on a whole network also reaches 5-D weights (ModelScope's
+    temporal `Conv3d`s) and raises "required rank 4 tensor"; the 3-D ones keep their layout."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            layer.to(memory_format=torch.channels_last)
+
+
+class TorchBackend:
+    """Runs the PyTorch modules directly; the reference every other backend is checked against."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        components: ModelComponents,
+        compile_unet: bool = False,
+        channels_last: bool | None = None,
+        feed_forward_chunk: int | None = FEED_FORWARD_CHUNK_TOKENS,
+    ):
+        """The modules that export writes to ONNX (the `NETWORKS` table), run as they are. `channels_last` (default:
+        on CUDA) suits tensor-core convolutions; `compile_unet` runs the UNet through `torch.compile` (Inductor
+        kernels, CUDA graphs on GPU), paid for once by the first call at each shape; `feed_forward_chunk` runs the
+        UNet's feed-forward networks that many tokens at a time (None: all at once)."""
+        self.info = ModelInfo.from_components(components)
+        self.text_encoder = NETWORKS["text_encoder"].build(components)
+        self.unet = NETWORKS["unet"].build(components)
+        self.vae = NETWORKS["vae_decoder"].build(components)
+        if feed_forward_chunk:
+            chunk_feed_forward(self.unet, feed_forward_chunk)
+        self.device = self.unet.unet.device
+        self.dtype = self.unet.unet.dtype
+        if channels_last if channels_last is not None else self.device.type == "cuda":
+            channels_last_convolutions(self.unet)
+            channels_last_convolutions(self.vae)
+        self.timesteps = DeviceScalars(self.device)
+        self.run_unet = self.unet
+        if compile_unet:
+            # On GPU, CUDA graphs remove the per-kernel launch cost; autotuning would cost minutes per shape.
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+            self.run_unet = torch.compile(self.unet, mode=mode, dynamic=False)
+
+    @property
+    def placement(self) -> dict[str, Any]:
+        return {"device": str(self.device)}
+
+    @torch.inference_mode()
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(input_ids.to(self.device))
+
+    @torch.inference_mode()
+    def predict_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, text_embeddings: torch.Tensor
+    ) -> torch.Tensor:
+        return self.run_unet(sample, self.timesteps.get(timestep), text_embeddings)
+
+    @torch.inference_mode()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae(latents)

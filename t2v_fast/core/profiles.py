@@ -1,0 +1,157 @@
+"""Optimisation profiles: the range of shapes (videos, frames, height, width) each network's engine accepts.
+
+Derived from the networks' own axes (`t2v_fast.core.networks`); used to build TensorRT engines (`export`), to give
+ONNX Runtime's TensorRT provider its shapes, and to refuse a call outside an engine's profiles before any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from t2v_fast.core.engine_dir import EngineDir
+from t2v_fast.core.families import TEXT2VIDEO_ZERO
+from t2v_fast.core.models import ModelInfo
+from t2v_fast.core.networks import DECODE_BATCH_SIZE, NETWORKS, dims
+from t2v_fast.errors import UserError
+
+Profile = dict[str, list[list[int]]]  # input name -> [min, opt, max] shape
+
+
+@dataclass(frozen=True)
+class AxisRange:
+    minimum: int
+    optimum: int
+    maximum: int
+
+    @classmethod
+    def parse(cls, text: str, name: str) -> AxisRange:
+        """`N` (static) or `MIN:OPT:MAX`."""
+        try:
+            values = [int(v) for v in text.split(":")]
+        except ValueError:
+            raise UserError(f"--{name} must be N or MIN:OPT:MAX with integers, got {text!r}") from None
+        if len(values) == 1:
+            values *= 3
+        if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+            raise UserError(f"--{name} must be N or MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, got {text!r}")
+        return cls(*values)
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.minimum == self.maximum
+
+
+@dataclass(frozen=True)
+class BuildRanges:
+    """Ranges of the user-facing quantities; each component's optimisation profiles are derived from them.
+
+    What the pipeline sends (see `pipeline.py`), and so what the profiles must cover: the text encoder gets the unique
+    texts of a call, 1 to 2×videos; the UNet gets videos×2 with guidance or videos without, and 1 frame (the first
+    frame, denoised alone) or a whole video or chunk; the VAE gets 1 to `decode_batch` images per call.
+    """
+
+    videos: AxisRange
+    frames: AxisRange
+    height: AxisRange
+    width: AxisRange
+    decode_batch: int = DECODE_BATCH_SIZE
+
+    @property
+    def is_static(self) -> bool:
+        return all(a.is_fixed for a in (self.videos, self.frames, self.height, self.width))
+
+    def _dims(self, info: ModelInfo, point: str, unet_batch: int, frames: int, images: int) -> dict[str, int]:
+        height, width = getattr(self.height, point), getattr(self.width, point)
+        return dims(info, videos=unet_batch, frames=frames, height=height, width=width, images=images)
+
+    def profiles(self, info: ModelInfo) -> dict[str, list[Profile]]:
+        """Per component, its optimisation profiles (per input: [min, opt, max] shapes).
+
+        Static ranges give the UNet one fixed-shape profile per shape it receives (guidance on and off × the first
+        frame alone, which only Text2Video-Zero sends, and all frames: a chunked video's chunks all have the frame
+        count, see `pipeline.plan_chunks`), so that each can replay a CUDA graph; dynamic ranges give one profile that
+        spans them. The text encoder and the VAE run a few times per video and always get one ranged profile.
+        """
+        for name, axis in (("height", self.height), ("width", self.width)):
+            for value in (axis.minimum, axis.optimum, axis.maximum):
+                if value % info.size_multiple:
+                    raise UserError(f"--{name} values must be multiples of {info.size_multiple}, got {value}")
+        videos, frames = self.videos, self.frames
+        images = (1, min(self.decode_batch, frames.optimum * videos.optimum), self.decode_batch)
+        text_batch = (1, 2 * videos.optimum, 2 * videos.maximum)
+        low, opt, high = (
+            self._dims(info, point, batch, 1, image)
+            for point, batch, image in zip(("minimum", "optimum", "maximum"), text_batch, images, strict=True)
+        )
+        ranged = {name: [NETWORKS[name].profile(low, opt, high)] for name in ("text_encoder", "vae_decoder")}
+        if self.is_static:
+            # Text2Video-Zero denoises its first frame alone (1 frame); ModelScope only ever sends whole videos.
+            counts = (1, frames.minimum) if info.family == TEXT2VIDEO_ZERO.name else (frames.minimum,)
+            batches = (videos.minimum, 2 * videos.minimum)
+            shapes = sorted({(batch, count) for batch in batches for count in counts})
+            fixed = [self._dims(info, "minimum", batch, count, 1) for batch, count in shapes]
+            unet = [NETWORKS["unet"].profile(shape, shape, shape) for shape in fixed]
+        else:
+            unet_low = self._dims(info, "minimum", videos.minimum, 1, 1)
+            unet_opt = self._dims(info, "optimum", 2 * videos.optimum, frames.optimum, 1)
+            unet_high = self._dims(info, "maximum", 2 * videos.maximum, frames.maximum, 1)
+            unet = [NETWORKS["unet"].profile(unet_low, unet_opt, unet_high)]
+        return {"text_encoder": ranged["text_encoder"], "unet": unet, "vae_decoder": ranged["vae_decoder"]}
+
+
+AXES = ("videos", "frames", "height", "width")
+
+
+def default_ranges(engine_dir: EngineDir, static: bool, given: dict[str, AxisRange] | None = None) -> BuildRanges:
+    """Ranges around the export's example shapes: exactly them with `static`, else room for 1-4 videos and from 1
+    frame to twice the export's (at least 24) at the export's size; `given` ranges override either. The export's
+    frame count is its family's default unless chosen (8 Text2Video-Zero: 1-24 frames; 16 ModelScope: 1-32)."""
+    export, native = engine_dir.export_settings, engine_dir.info.native_size
+    exported = {
+        "videos": export.videos,
+        "frames": export.frames,
+        "height": export.height or native,
+        "width": export.width or native,
+    }
+    dynamic = {
+        "videos": AxisRange(1, export.videos, max(export.videos, 4)),
+        "frames": AxisRange(1, export.frames, max(2 * export.frames, 24)),
+    }
+    ranges = {}
+    for axis, value in exported.items():
+        fixed = AxisRange(value, value, value)
+        ranges[axis] = fixed if static else dynamic.get(axis, fixed)
+    return BuildRanges(**{**ranges, **(given or {})})
+
+
+def profile_index(profiles: list[Profile], shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """The first profile that admits every input shape, or None."""
+    for index, profile in enumerate(profiles):
+        if all(_within(shapes[name], profile[name]) for name in shapes):
+            return index
+    return None
+
+
+def _within(shape: tuple[int, ...], limits: list[list[int]]) -> bool:
+    low, _, high = limits
+    return len(shape) == len(low) and all(lo <= s <= hi for s, lo, hi in zip(shape, low, high, strict=True))
+
+
+def is_fixed(profile: Profile) -> bool:
+    return all(limits[0] == limits[2] for limits in profile.values())
+
+
+def check_in_profiles(component: str, shapes: dict[str, tuple[int, ...]], profiles: list[Profile]) -> int:
+    """The profile to run `shapes` with; a shape outside every profile is refused, naming the valid ranges."""
+    index = profile_index(profiles, shapes)
+    if index is None:
+        ranges = "; ".join(
+            ", ".join(f"{name} {limits[0]} .. {limits[2]}" for name, limits in p.items() if name in shapes)
+            for p in profiles
+        )
+        given = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
+        raise UserError(
+            f"{component} inputs {given} are outside the engine's profiles ({ranges});"
+            " rebuild with wider ranges (t2v-fast build --videos/--frames/--height/--width)"
+        )
+    return index
