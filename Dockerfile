@@ -27,7 +27,7 @@ RUN python3 -m pip install --index-url "${TORCH_INDEX}" "${TORCH_SPEC}" \
 assert torch.version.cuda.split('.')[0] == cuda, (torch.version.cuda, cuda)" \
     && python3 -c "import tensorrt; print(tensorrt.__version__)" > /tmp/tensorrt-version
 
-# The library and the folders installed inside it (export, .flows, .benchmarks); the deployments run the
+# The library and the top-level packages installed beside it (export, flows, benchmarks); the deployments run the
 # flows from where they are installed, the same path on every node of this image.
 COPY pyproject.toml README.md LICENSE ./
 COPY t2v_fast ./t2v_fast

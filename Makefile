@@ -27,6 +27,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -45,9 +46,10 @@ system-packages:
 test: lint system-packages
 	$(BIN)/python -m pytest
 
-# The quicker loop: everything but the tests that start a Prefect cluster (servers, workers, PostgreSQL).
+# The quicker loop, no real servers, minutes: everything but the slow tests and those that start a server (the Prefect
+# cluster's servers, workers and PostgreSQL: `integration`; Prefect's test API and the web app's server: `server`).
 test-fast: lint
-	$(BIN)/python -m pytest -m "not slow and not integration"
+	$(BIN)/python -m pytest -m "not slow and not integration and not server"
 
 # Refresh the README's pictures of the web app (tests alone never write into the tree).
 screenshots: $(STAMP) system-packages

@@ -38,9 +38,9 @@ import torch
 
 from t2v_fast.backends.check import DEFAULT_TOLERANCES, compare
 from t2v_fast.backends.torch import TorchBackend
-from t2v_fast.core.models import ModelInfo, load_components, save_components
+from t2v_fast.core.models import ModelCard, load_components, save_components
 from t2v_fast.core.networks import NETWORKS, dims
-from t2v_fast.core.params import GenerationParams
+from t2v_fast.core.params import ParamRequest
 from t2v_fast.loading import describe_model
 from t2v_fast.quiet import quiet_libraries
 
@@ -189,7 +189,7 @@ def tf32_off() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
-def network_inputs(info: ModelInfo, frames: int, size: int) -> dict[str, dict[str, torch.Tensor]]:
+def network_inputs(info: ModelCard, frames: int, size: int) -> dict[str, dict[str, torch.Tensor]]:
     """Random inputs of the shapes generation sends (guided batch of one video), from the network table."""
     shapes = dims(info, videos=2, frames=frames, height=size, width=size, images=min(frames, 8))
     generator = torch.Generator().manual_seed(0)
@@ -212,7 +212,7 @@ def _calls(backend: TorchBackend, inputs: dict[str, dict[str, torch.Tensor]]) ->
 def per_network(plan: CheckPlan, preset: str) -> list[dict[str, Any]]:
     """float16 and bfloat16 against float32, network by network, on the device (channels-last where it applies)."""
     reference_components = load_components(preset, device=plan.device, dtype="float32")
-    inputs = network_inputs(ModelInfo.from_components(reference_components), plan.frames, plan.size)
+    inputs = network_inputs(reference_components.card, plan.frames, plan.size)
     expected = {k: v.float().cpu() for k, v in _calls(TorchBackend(reference_components), inputs).items()}
     del reference_components
     rows = []
@@ -243,13 +243,13 @@ def _pixel_diff(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"max_pixel_diff": int(diff.max()), "mean_pixel_diff": float(diff.mean())}
 
 
-def end_to_end(plan: CheckPlan, preset: str, folder: Path, info: ModelInfo) -> dict[str, Any]:
+def end_to_end(plan: CheckPlan, preset: str, folder: Path, info: ModelCard) -> dict[str, Any]:
     """Our pipeline against diffusers' reference (float32), float16 against float32, batched against one at a time."""
     device = torch.device(plan.device)
     spec = describe_model(str(folder))
-    params = GenerationParams(frames=plan.frames, steps=plan.steps, height=plan.size, width=plan.size)
-    params = params.resolve(spec).as_dict()
-    family = spec.family.name
+    request = ParamRequest.of(frames=plan.frames, steps=plan.steps, height=plan.size, width=plan.size)
+    params = spec.resolve(request).as_dict()
+    family = spec.family
 
     def workload(dtype: torch.dtype, videos: int) -> Workload:
         return Workload(
@@ -259,7 +259,7 @@ def end_to_end(plan: CheckPlan, preset: str, folder: Path, info: ModelInfo) -> d
             params=params,
             device=device,
             dtype=dtype,
-            info=info,
+            card=info,
         )
 
     reference = REFERENCE_RUNNERS[family](folder)
@@ -294,7 +294,7 @@ def end_to_end(plan: CheckPlan, preset: str, folder: Path, info: ModelInfo) -> d
 
 def _single(work: Workload, k: int) -> Workload:
     return Workload(
-        [work.prompts[k]], work.negative_prompt, [work.seeds[k]], work.params, work.device, work.dtype, work.info
+        [work.prompts[k]], work.negative_prompt, [work.seeds[k]], work.params, work.device, work.dtype, work.card
     )
 
 
@@ -308,7 +308,7 @@ def correctness(plan: CheckPlan, report: Callable[[dict[str, Any]], None]) -> di
         folder = Path(tempfile.mkdtemp(prefix="t2v-gpu-check-")) / preset
         components = load_components(preset, device="cpu", dtype="float32")
         save_components(components, folder)
-        done["end_to_end"].append(end_to_end(plan, preset, folder, ModelInfo.from_components(components)))
+        done["end_to_end"].append(end_to_end(plan, preset, folder, components.card))
         report(done)
     done["families"] = sorted({row["family"] for row in done["end_to_end"]})
     done["passed"] = all(row["passed"] for row in done["per_network"]) and all(

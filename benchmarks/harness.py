@@ -11,11 +11,11 @@ the memory sweep alone for a full-size model on a machine where the rest would t
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2v_fast.backends.torch import FEED_FORWARD_CHUNK_TOKENS
-from t2v_fast.core.families import takes
-from t2v_fast.core.models import ModelInfo, dtype_name, load_components, resolve_device, resolve_dtype, save_components
-from t2v_fast.core.params import GenerationParams
+from t2v_fast.core.models import dtype_name, load_components, resolve_device, resolve_dtype, save_components
+from t2v_fast.core.params import ParamRequest
 from t2v_fast.core.pipeline import VideoPipeline
-from t2v_fast.families.modelscope.unet3d import chunk_feed_forward
 from t2v_fast.loading import describe_model, load_pipeline
 from t2v_fast.quiet import quiet_libraries
 
@@ -123,28 +120,38 @@ def _flops(pipeline: VideoPipeline, work: Workload) -> dict[str, int]:
     return {"unet_call": unet, "per_video": video // work.videos}
 
 
-def _memory_sweep(pipeline: VideoPipeline, work: Workload, config: BenchConfig) -> list[dict[str, Any]]:
+def _memory_sweep(load: Callable[..., VideoPipeline], work: Workload, config: BenchConfig) -> list[dict[str, Any]]:
     """Peak memory of one video as frames grow, 2 steps.
 
     Text2Video-Zero runs chunked beyond `sweep_chunk_size` frames: memory should stay flat. ModelScope's UNet relates
     all frames at once, so its activations must grow with frames; each frame count runs twice, as we run it
     (feed-forward chunking, decoding a few frames per VAE call) and without those savings (whole feed-forward, every
-    frame in one VAE call, as the reference does), to show what they save.
+    frame in one VAE call, as the reference does), to show what they save. `load(**torch_options)` loads the torch
+    backend's pipeline; each pipeline is measured alone, the other one released.
     """
-    family = pipeline.spec.family
+    takes = {info.name for info in work.card.family_record.params.infos()}
     params = {**work.params, "steps": 2}
-    if takes(family, "t0"):
+    if "t0" in takes:
         params |= {"t0": 0, "t1": 1}
-    rows = []
+    runs = []
     for frames in config.sweep_frames:
-        chunk = config.sweep_chunk_size if takes(family, "chunk_size") and frames > config.sweep_chunk_size else None
-        run = {**params, "frames": frames, "chunk_size": chunk}
-        row = {"frames": frames, "chunk_size": chunk, **_peak(pipeline, run)}
-        if not takes(family, "chunk_size"):
-            with _without_memory_savings(pipeline, frames):
-                row["without_savings"] = _peak(pipeline, run)
-        rows.append(row)
+        chunk = config.sweep_chunk_size if "chunk_size" in takes and frames > config.sweep_chunk_size else None
+        runs.append({**params, "frames": frames, "chunk_size": chunk})
+    _release(work.device)
+    peaks = _peaks(load(), runs)
+    rows = [{"frames": r["frames"], "chunk_size": r["chunk_size"], **p} for r, p in zip(runs, peaks, strict=True)]
+    if "chunk_size" not in takes:
+        _release(work.device)
+        without = _peaks(_without_memory_savings(load, max(config.sweep_frames)), runs)
+        for row, peak in zip(rows, without, strict=True):
+            row["without_savings"] = peak
+    _release(work.device)
     return rows
+
+
+def _peaks(pipeline: VideoPipeline, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run's peak on `pipeline`, which is dropped on return (the caller holds no reference to it)."""
+    return [_peak(pipeline, run) for run in runs]
 
 
 def _peak(pipeline: VideoPipeline, params: dict[str, Any]) -> dict[str, Any]:
@@ -159,17 +166,19 @@ def _peak(pipeline: VideoPipeline, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def _without_memory_savings(pipeline: VideoPipeline, frames: int) -> Iterator[None]:
-    """The torch backend's feed-forward in one call and every frame decoded in one VAE call, for the duration."""
-    decode_batch_size = pipeline.decode_batch_size
-    chunk_feed_forward(pipeline.backend.unet, None)
-    pipeline.decode_batch_size = frames
-    try:
-        yield
-    finally:
-        chunk_feed_forward(pipeline.backend.unet, FEED_FORWARD_CHUNK_TOKENS)
-        pipeline.decode_batch_size = decode_batch_size
+def _without_memory_savings(load: Callable[..., VideoPipeline], frames: int) -> VideoPipeline:
+    """Our savings switched off where they are set: the torch backend built with its feed-forward in one call
+    (`feed_forward_chunk=None`), in a pipeline built to decode up to `frames` frames in one VAE call (the pipeline's
+    `decode_batch_size`)."""
+    loaded = load(feed_forward_chunk=None)
+    return type(loaded)(loaded.tokenizer, loaded.scheduler, loaded.backend, decode_batch_size=frames)
+
+
+def _release(device: torch.device) -> None:
+    """Return what dropped pipelines held, so that the next one's peak memory is its own."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _throughput(pipeline: VideoPipeline, work: Workload, config: BenchConfig) -> dict[str, Any]:
@@ -220,8 +229,8 @@ def run_benchmark(config: BenchConfig, on_section: Callable[[dict[str, Any]], No
     device_name, dtype_str = str(device), dtype_name(dtype)
     make_rss_track_live_memory()
     spec = describe_model(config.preset)
-    params = GenerationParams(frames=config.frames, steps=config.steps, height=config.height, width=config.width)
-    params = params.resolve(spec).as_dict()
+    request = ParamRequest.of(frames=config.frames, steps=config.steps, height=config.height, width=config.width)
+    params = spec.resolve(request).as_dict()
     result: dict[str, Any] = {
         "schema_version": 1,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -230,7 +239,7 @@ def run_benchmark(config: BenchConfig, on_section: Callable[[dict[str, Any]], No
             **{k: v for k, v in asdict(config).items() if k not in ("out_root",)},
             "device": device_name,
             "dtype": dtype_str,
-            "family": spec.family.name,
+            "family": spec.family,
             "resolved_params": params,
         },
     }
@@ -242,7 +251,7 @@ def run_benchmark(config: BenchConfig, on_section: Callable[[dict[str, Any]], No
         params=params,
         device=device,
         dtype=dtype,
-        info=ModelInfo.from_components(components),
+        card=components.card,
     )
     # Built once (a full-size random preset takes a minute to initialise on the CPU), saved, and loaded from there
     # by every contender: the reference, our backends, the exports.
@@ -255,16 +264,20 @@ def run_benchmark(config: BenchConfig, on_section: Callable[[dict[str, Any]], No
         results = _run_contenders(
             config, work, folder, device, dtype, lambda done: written({**result, "backends": done})
         )
-    # Loaded once, after the contenders (so their peak memory is their own): FLOPs, memory sweep, throughput.
-    eager = load_pipeline(model, device=device_name, dtype=dtype_str)
+
+    # Loaded after the contenders (so their peak memory is their own), each section's pipeline built with the torch
+    # backend options it measures: FLOPs, memory sweep, throughput.
+    def load(**torch_options: Any) -> VideoPipeline:
+        return load_pipeline(model, device=device_name, dtype=dtype_str, torch_options=torch_options)
+
     if "backends" in config.sections:
-        result |= _summarise_contenders(results, eager, config, work, device, dtype, model)
+        result |= _summarise_contenders(results, load(), config, work, device, dtype, model)
         written(result)
     if "memory_sweep" in config.sections:
-        result["memory_sweep"] = _memory_sweep(eager, work, config)
+        result["memory_sweep"] = _memory_sweep(load, work, config)
         written(result)
     if "throughput" in config.sections:
-        result["throughput"] = _throughput(eager, work, config)
+        result["throughput"] = _throughput(load(), work, config)
         written(result)
     return result
 
@@ -280,7 +293,7 @@ def _run_contenders(
     """Every selected contender through the same stages; `on_contender` gets the results so far after each."""
     device_name, dtype_str, params, model = str(device), dtype_name(dtype), work.params, str(folder)
     makers = {
-        "reference": lambda: REFERENCE_RUNNERS[work.info.family](folder),
+        "reference": lambda: REFERENCE_RUNNERS[work.card.family](folder),
         "torch": lambda: torch_runner(model, device_name, dtype_str, compile_unet=False),
         "torch-compiled": lambda: torch_runner(model, device_name, dtype_str, compile_unet=True),
         "onnxruntime": lambda: onnxruntime_runner(

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from t2v_fast.core.families import MODELSCOPE, TEXT2VIDEO_ZERO
-from t2v_fast.core.models import ModelInfo
+from t2v_fast.core.models import ModelCard
 from t2v_fast.core.networks import NETWORKS, dims
 from t2v_fast.core.pipeline import VideoPipeline, VideoRequest
 from t2v_fast.loading import load_pipeline
@@ -38,10 +38,10 @@ class Workload:
     prompts: list[str]
     negative_prompt: str
     seeds: list[int]
-    params: dict[str, Any]  # resolved GenerationParams
+    params: dict[str, Any]  # resolved settings, by name
     device: torch.device
     dtype: torch.dtype
-    info: ModelInfo
+    card: ModelCard
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
 
     @property
@@ -51,7 +51,7 @@ class Workload:
     def _inputs(self, network: str, unet_batch: int) -> dict[str, torch.Tensor]:
         """Random (never all-zero) inputs of the network table's shapes for this workload, on its device."""
         frames, height, width = self.params["frames"], self.params["height"], self.params["width"]
-        shapes = dims(self.info, videos=unet_batch, frames=frames, height=height, width=width, images=frames)
+        shapes = dims(self.card, videos=unet_batch, frames=frames, height=height, width=width, images=frames)
         made = NETWORKS[network].sample_inputs(shapes, torch.float32, self.generator)
         return {name: t.to(self.device, self.dtype) if t.is_floating_point() else t for name, t in made.items()}
 
@@ -83,16 +83,20 @@ class PipelineRunner:
         self.latents = work.latents()
 
     def encode(self) -> Any:
+        assert self.pipeline is not None, "load() first"
         return self.pipeline.encode_prompts(self.requests, True)
 
     def unet(self) -> Any:
+        assert self.pipeline is not None, "load() first"
         sample, timestep, text = self.unet_args
         return self.pipeline.backend.predict_noise(sample, timestep, text)
 
     def decode(self) -> Any:
+        assert self.pipeline is not None, "load() first"
         return self.pipeline.decode_video(self.latents)
 
     def generate(self, work: Workload) -> np.ndarray:
+        assert self.pipeline is not None, "load() first"
         videos = self.pipeline.generate(
             work.prompts, negative_prompt=work.negative_prompt, seed=work.seeds, progress=False, **work.params
         )

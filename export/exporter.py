@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from t2v_fast._version import __version__
 from t2v_fast.core.engine_dir import ENGINE_JSON, EngineDir, ExportSettings, file_sha256
-from t2v_fast.core.models import ModelComponents, ModelInfo, load_components
+from t2v_fast.core.models import ModelCard, ModelComponents, load_components
 from t2v_fast.core.networks import DECODE_BATCH_SIZE, NETWORKS, NetworkSpec, dims, model_dims
 from t2v_fast.errors import UserError
 
@@ -30,8 +30,9 @@ EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 OPTIMIZATIONS = ("onnxruntime-cuda",)
 
 
-def _example_dims(info: ModelInfo, settings: ExportSettings) -> dict[str, int]:
+def _example_dims(info: ModelCard, settings: ExportSettings) -> dict[str, int]:
     # torch.export specialises axes whose example size is 0 or 1, so every example size is at least 2.
+    assert settings.frames is not None  # resolved to the family's default by `export_model`
     return dims(
         info,
         videos=max(2 * settings.videos, 2),
@@ -52,7 +53,7 @@ def _torch_dims(network: NetworkSpec) -> tuple[dict[int, Dim], ...]:
 def _export_component(
     network: NetworkSpec,
     components: ModelComponents,
-    info: ModelInfo,
+    info: ModelCard,
     example: dict[str, int],
     dtype: torch.dtype,
     folder: Path,
@@ -80,6 +81,7 @@ def _export_component(
             optimize=True,  # onnxscript's optimiser: constant folding and dead-code removal
             verbose=False,
         )
+    assert program is not None  # only the legacy exporter (dynamo=False) returns None
     # Protobuf cannot hold 2 GiB: the exporter moves large models' weights to `NAME.onnx.data` by its own threshold,
     # so we record whichever files it wrote.
     program.save(str(path))
@@ -199,8 +201,8 @@ def export_model(
     # ONNX Runtime's fusions match fp32 patterns: an export optimised for it is traced in fp32 and converted after.
     dtype = torch.float32 if settings.optimized_for else EXPORT_DTYPES[settings.dtype]
     components = load_components(model, device=device, dtype=dtype)
-    info = ModelInfo.from_components(components)
-    settings = replace(settings, frames=settings.frames or components.family.defaults["frames"])
+    info = ModelCard.from_components(components)
+    settings = replace(settings, frames=settings.frames or info.family_record.defaults["frames"])
     for name, value in (("height", settings.height), ("width", settings.width)):
         if value is not None and value % info.size_multiple:
             raise UserError(f"{name} must be a multiple of {info.size_multiple}, got {value}")
@@ -211,7 +213,9 @@ def export_model(
     example = _example_dims(info, settings)
     exported = {
         network.name: _export_component(network, components, info, example, dtype, out, settings)
-        for network in tqdm(NETWORKS.values(), desc="exporting", unit="model", disable=not progress)
+        for network in tqdm(
+            [NETWORKS[name] for name in info.task_record.networks], desc="exporting", unit="model", disable=not progress
+        )
     }
     engine_dir = EngineDir.create(
         out,

@@ -47,7 +47,7 @@ def build_engines(
             f" export again with --dtype {precision} to build {precision} engines"
         )
     capability = compute_capability()
-    profiles = ranges.profiles(engine_dir.info)
+    profiles = ranges.profiles(engine_dir.card)
     timing_cache = timing_cache or timing_cache_path(engine_dir, trt.__version__, capability)
     keys = []
     for component in COMPONENTS:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from prefect import flow
+from prefect import Flow, flow
 from prefect.schedules import Cron
 
 FLOWS_FOLDER = Path(__file__).resolve().parent
@@ -29,6 +29,11 @@ FLOWS_FOLDER = Path(__file__).resolve().parent
 # nightly orchestrator goes to `orchestration`, so it never holds a GPU worker's only slot.
 RENDER_QUEUE = "render"
 ORCHESTRATION_QUEUE = "orchestration"
+
+
+def _flow(source: Path, entrypoint: str) -> Flow[..., Any]:
+    """The flow at `entrypoint`: Prefect's sync/async dispatch returns it, not a coroutine, outside an event loop."""
+    return cast("Flow[..., Any]", flow.from_source(source=str(source), entrypoint=entrypoint))
 
 
 def deploy(
@@ -41,7 +46,7 @@ def deploy(
     nightly_parameters: dict[str, Any] | None = None,
     schedule: bool = True,
 ) -> None:
-    flow.from_source(source=str(source), entrypoint="render_shard.py:render_shard").deploy(
+    _flow(source, "render_shard.py:render_shard").deploy(
         name="render-shard",
         work_pool_name=pool,
         work_queue_name=RENDER_QUEUE,
@@ -50,7 +55,7 @@ def deploy(
         print_next_steps=False,
     )
     parameters = {"manifest": manifest, "out_dir": out_dir, "use_deployments": True, **(nightly_parameters or {})}
-    flow.from_source(source=str(source), entrypoint="nightly.py:nightly").deploy(
+    _flow(source, "nightly.py:nightly").deploy(
         name="nightly",
         work_pool_name=pool,
         work_queue_name=ORCHESTRATION_QUEUE,
@@ -70,9 +75,13 @@ def main() -> None:
     parser.add_argument("--pool", default="gpu", help="work pool (default %(default)s)")
     parser.add_argument("--timezone", default="UTC", help="timezone of the 02:00 schedule (default %(default)s)")
     parser.add_argument("--cron", default="0 2 * * *", help="schedule (default: 02:00 every day)")
-    parser.add_argument("--model", default="tiny-random", help="model for the night (preset, folder or hub id)")
+    parser.add_argument(
+        "--model",
+        default="tiny-random",
+        help="model for the night: preset, folder, hub id, or engine directory (onnxruntime/tensorrt), as every node"
+        " sees it",
+    )
     parser.add_argument("--backend", default="torch", help="torch, onnxruntime or tensorrt")
-    parser.add_argument("--engines", help="engine directory for onnxruntime/tensorrt, as every node sees it")
     parser.add_argument("--shard-size", type=int, default=16, help="rows per shard (default %(default)s)")
     parser.add_argument(
         "--lease-seconds",
@@ -84,7 +93,6 @@ def main() -> None:
     parameters = {
         "model": args.model,
         "backend": args.backend,
-        "engines": args.engines,
         "shard_size": args.shard_size,
         "lease_seconds": args.lease_seconds,
     }

@@ -34,7 +34,7 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger
@@ -45,6 +45,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from prefect.states import Crashed
@@ -67,7 +68,7 @@ from t2v_fast.bulk.rendering import (
     split_done,
     write_reports,
 )
-from t2v_fast.core.params import GenerationParams
+from t2v_fast.core.params import ParamRequest
 from t2v_fast.core.video import unwritable
 from t2v_fast.loading import describe_model
 
@@ -257,12 +258,16 @@ class ShardRuns:
 
     def launch(self, shard: Shard) -> None:
         """One run per shard, keyed so that a retried night reuses the runs it launched."""
-        run = run_deployment(
-            RENDER_SHARD_DEPLOYMENT,
-            parameters={**self.parameters, "rows": [asdict(r) for r in shard.rows], "shard": shard.name},
-            timeout=0,
-            idempotency_key=f"{flow_run.get_id()}:{shard.name}",
-            flow_run_name=shard.name,
+        # Prefect's sync/async dispatch: called outside an event loop, it returns the flow run, not a coroutine.
+        run = cast(
+            FlowRun,
+            run_deployment(
+                RENDER_SHARD_DEPLOYMENT,
+                parameters={**self.parameters, "rows": [r.to_json() for r in shard.rows], "shard": shard.name},
+                timeout=0,
+                idempotency_key=f"{flow_run.get_id()}:{shard.name}",
+                flow_run_name=shard.name,
+            ),
         )
         self.pending[shard.name] = Watched(shard, run.id)
         self.launched += 1
@@ -364,7 +369,7 @@ def _run_shards_in_process(
         try:
             returned = [
                 RowResult(**r)
-                for r in render_shard(rows=[asdict(r) for r in shard.rows], shard=shard.name, **shard_parameters)
+                for r in render_shard(rows=[r.to_json() for r in shard.rows], shard=shard.name, **shard_parameters)
             ]
             state = "COMPLETED"
         except Exception as error:  # e.g. the model cannot load: every row of the shard fails with the reason
@@ -393,7 +398,6 @@ def nightly(
     out_dir: str,
     model: str = "tiny-random",
     backend: str = "torch",
-    engines: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
     shard_size: int = 16,
@@ -406,8 +410,9 @@ def nightly(
 ) -> dict[str, int]:
     """Render every valid row of `manifest` into `out_dir` once; returns the count of rows per status.
 
-    `batch_videos` caps the videos denoised together on a GPU. `defaults` are generation parameters (frames, steps,
-    guidance, height, width, fps, motion_x, motion_y, t0, t1, chunk_size) for rows that do not set them; a row
+    `model` is a preset, a diffusers folder, a hub id or an engine directory (for onnxruntime and tensorrt), as
+    every node sees it. `batch_videos` caps the videos denoised together on a GPU. `defaults` are generation
+    parameters by name (`t2v-fast batch --help` lists them) for rows that do not set them; a row
     without a seed gets `base_seed + row - 2`. `lease_seconds` bounds how long a dead node holds work: its row claims
     expire after that long without a heartbeat, and its shard is taken as dead once its worker is silent too (see
     the module's docstring for the worst-case detection time). `qc_thresholds` (`frozen_mad`,
@@ -417,14 +422,14 @@ def nightly(
     logger = get_run_logger()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    spec = describe_model(engines or model)
-    parsed = parse_manifest(manifest, GenerationParams(**(defaults or {})), spec, base_seed)
+    card = describe_model(model)
+    parsed = parse_manifest(manifest, ParamRequest.of(**(defaults or {})), card, base_seed)
     for warning in parsed.warnings:
         logger.warning("%s", warning)
     for problem in parsed.problems:
         logger.warning("rejected: %s", problem)
     thresholds = QcThresholds(**(qc_thresholds or {}))
-    todo, results = split_done(parsed.rows, out, spec.model_id, thresholds)
+    todo, results = split_done(parsed.rows, out, card.model_id, card.weights_sha256, thresholds)
     shards = make_shards(todo, max(1, shard_size))
     logger.info(
         "%d rows: %d to render in %d shards, %d already done, %d rejected",
@@ -439,7 +444,6 @@ def nightly(
         "out_dir": str(out),
         "model": model,
         "backend": backend,
-        "engines": engines,
         "device": device,
         "dtype": dtype,
         "batch_videos": batch_videos,
@@ -451,13 +455,13 @@ def nightly(
         logger.error("output folder %s: %s", out, why)
         results += [RowResult(r.id, r.row, "failed", f"cannot write {output_paths(out, r)[0]}: {why}") for r in todo]
     elif shards and use_deployments:
-        runs = ShardRuns(out, spec.model_id, shard_parameters, progress)
+        runs = ShardRuns(out, card.model_id, shard_parameters, progress)
         for shard in shards:
             runs.launch(shard)
         results += runs.wait()
         alarms = runs.report()
     elif shards:
-        results += _run_shards_in_process(shards, out, spec.model_id, shard_parameters, progress)
+        results += _run_shards_in_process(shards, out, card.model_id, shard_parameters, progress)
 
     counts = count_statuses(parsed, results)
     problems = [r for r in results if r.status == "failed"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -30,7 +31,6 @@ def render_shard(
     shard: str,
     model: str = "tiny-random",
     backend: str = "torch",
-    engines: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
     batch_videos: int = 4,
@@ -48,8 +48,9 @@ def render_shard(
     heartbeat = Heartbeat(shard_heartbeat_path(out, shard), lease_seconds / 4)
     claims = Claims(out, run=f"shard {shard}", lease_seconds=lease_seconds)
     try:
-        pipeline = load_pipeline(engines or model, backend=backend, device=device, dtype=dtype)
-        progress = create_progress_artifact(0.0, description=f"{shard}: 0 of {len(rows)} rows")
+        pipeline = load_pipeline(model, backend=backend, device=device, dtype=dtype)
+        # Prefect's sync/async dispatch: called outside an event loop, it returns the artifact's id, not a coroutine.
+        progress = cast(UUID, create_progress_artifact(0.0, description=f"{shard}: 0 of {len(rows)} rows"))
         results: list[RowResult] = []
 
         def record(result: RowResult) -> None:
@@ -62,7 +63,7 @@ def render_shard(
             update_progress_artifact(progress, 100 * len(results) / len(rows), done)
             print(f"row {result.row} ({result.id}): {result.status} {result.reason}".rstrip())
 
-        manifest_rows = [ManifestRow(**row) for row in rows]
+        manifest_rows = [ManifestRow.from_json(row) for row in rows]
         render_rows(
             pipeline,
             manifest_rows,

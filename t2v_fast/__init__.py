@@ -13,18 +13,18 @@ from t2v_fast._version import __version__
 from t2v_fast.errors import NumericalError, T2vFastError, UserError
 
 if TYPE_CHECKING:
-    from t2v_fast.core.families.modelscope.pipeline import ModelScopePipeline
-    from t2v_fast.core.families.text2video_zero.pipeline import TextToVideoZeroPipeline
     from t2v_fast.core.pipeline import VideoPipeline
     from t2v_fast.core.video import Video
+    from t2v_fast.families.modelscope.pipeline import ModelScopePipeline
+    from t2v_fast.families.text2video_zero.pipeline import TextToVideoZeroPipeline
     from t2v_fast.loading import load_pipeline
 
 _LAZY = {
-    "load_pipeline": ".loading",
-    "TextToVideoZeroPipeline": ".pipeline",
-    "ModelScopePipeline": ".modelscope_pipeline",
-    "VideoPipeline": ".video_pipeline",
-    "Video": ".video",
+    "load_pipeline": "t2v_fast.loading",
+    "TextToVideoZeroPipeline": "t2v_fast.families.text2video_zero.pipeline",
+    "ModelScopePipeline": "t2v_fast.families.modelscope.pipeline",
+    "VideoPipeline": "t2v_fast.core.pipeline",
+    "Video": "t2v_fast.core.video",
 }
 
 __all__ = [
@@ -42,5 +42,5 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

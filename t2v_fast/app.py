@@ -20,15 +20,14 @@ from typing import Any
 
 import gradio as gr
 
-from t2v_fast.core.families import TEXT2VIDEO_ZERO, defaults_by_family, takes
-from t2v_fast.core.params import GenerationParams, raise_problems, request_problems
+from t2v_fast.core.families import all_params, defaults_by_family
+from t2v_fast.core.params import ParamInfo, param_infos, raise_problems, request_problems
 from t2v_fast.core.presets import PRESETS
 from t2v_fast.errors import T2vFastError, UserError
 from t2v_fast.loading import describe_model, load_pipeline
 
-DEFAULTS = GenerationParams()
-# The motion sliders always hold a value; at rest they mean "not chosen" for a model that takes no motion.
-MOTION_AT_REST = TEXT2VIDEO_ZERO.defaults["motion_x"]
+# The generation parameters' fields, in this order in the form and in the `/generate` endpoint's arguments.
+PARAMS = all_params()
 ROW_COLUMNS = ["id", "row", "status", "reason", "seconds", "qc"]
 QUEUE_SIZE = 16
 
@@ -72,47 +71,27 @@ class App:
         prompt: str,
         model: str,
         negative_prompt: str,
-        frames: float,
-        steps: float,
-        guidance: float,
-        height: float | None,
-        width: float | None,
-        seed: float,
-        motion_x: float,
-        motion_y: float,
-        t0: float | None,
-        t1: float | None,
-        chunk_size: float | None,
-        fps: float,
-        videos_per_prompt: float,
+        seed: float | None,
+        videos_per_prompt: float | None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way of asking for progress)
+        *params: float | None,
     ) -> tuple[str, dict[str, Any], list[str]]:
         """Generate the video(s) of one prompt: the first video, its metadata, and every MP4 for download.
 
-        The pipeline validates every value; only the prompt is checked first, so that an empty one never waits for a
-        model to load."""
+        `params` are the generation parameters' fields, in `all_params()` order; an empty field is the model's
+        default. The pipeline validates every value; only the prompt is checked first, so that an empty one never
+        waits for a model to load."""
         try:
             raise_problems(request_problems(prompt=prompt))
             pipeline = self.loaded.get(model)
-            if not takes(pipeline.spec.family, "motion_x"):
-                motion_x, motion_y = (None if m == MOTION_AT_REST else m for m in (motion_x, motion_y))
+            values = {info.name: _typed(info, value) for info, value in zip(PARAMS, params, strict=True)}
             videos = pipeline.generate(
                 prompt,
                 negative_prompt=negative_prompt or None,
-                seed=None if seed is None or int(seed) < 0 else int(seed),
-                videos_per_prompt=_int(videos_per_prompt),
-                frames=_int(frames),
-                steps=_int(steps),
-                guidance=None if guidance is None else float(guidance),
-                height=_int(height, unset=0),
-                width=_int(width, unset=0),
-                motion_x=None if motion_x is None else float(motion_x),
-                motion_y=None if motion_y is None else float(motion_y),
-                t0=_int(t0, unset=-1),
-                t1=_int(t1, unset=-1),
-                chunk_size=_int(chunk_size, unset=0),
-                fps=None if fps is None else float(fps),
+                seed=_typed_int(seed),
+                videos_per_prompt=1 if videos_per_prompt is None else int(videos_per_prompt),
                 progress=True,
+                **values,
             )
         except T2vFastError as error:
             raise gr.Error(str(error), print_exception=False) from None
@@ -122,14 +101,15 @@ class App:
         paths = [str(v.save(folder / f"{stamp}-seed{v.metadata['seed']}.mp4")) for v in videos]
         return paths[0], videos[0].metadata, paths
 
-    def family_defaults(self, model: str) -> tuple[Any, Any, Any]:
-        """The model family's frames, guidance and fps, put in the form when the model changes (unchanged when the
-        model cannot be described: Run says why)."""
+    def family_defaults(self, model: str) -> list[Any]:
+        """Each parameter field's value for the model's family: its default, or empty where the family has none or
+        does not take the parameter (unchanged when the model cannot be described: Run says why)."""
         try:
-            family = describe_model(model).family
+            family = describe_model(model).family_record
         except T2vFastError:
-            return gr.update(), gr.update(), gr.update()
-        return family.defaults["frames"], family.defaults["guidance"], family.defaults["fps"]
+            return [gr.update() for _ in PARAMS]
+        taken = {info.name for info in param_infos(family.params)}
+        return [family.defaults.get(i.name, i.default) if i.name in taken else None for i in PARAMS]
 
     def night_path(self, folder: str) -> Path:
         """A night's folder: a relative name is under the served folder (`--out`), which it may not leave."""
@@ -188,30 +168,18 @@ class App:
                         run = gr.Button("Run", variant="primary")
                         with gr.Accordion("Advanced options", open=False):
                             negative = gr.Textbox(label="Negative prompt")
-                            initial = self.family_defaults(self.models[0])
-                            frames = gr.Number(
-                                initial[0], label="Frames (video length)", precision=0, info=_by_family("frames")
-                            )
-                            steps = gr.Number(DEFAULTS.steps, label="Steps", precision=0)
-                            guidance = gr.Number(initial[1], label="Guidance scale", info=_by_family("guidance"))
-                            height = gr.Number(0, label="Height (0: native size)", precision=0)
-                            width = gr.Number(0, label="Width (0: native size)", precision=0)
-                            seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
-                            motion_x = gr.Slider(-20, 20, MOTION_AT_REST, step=1, label="Global translation δx")
-                            motion_y = gr.Slider(-20, 20, MOTION_AT_REST, step=1, label="Global translation δy")
-                            t0 = gr.Number(-1, label="t0 (-1: 44 of 50 steps, scaled)", precision=0)
-                            t1 = gr.Number(-1, label="t1 (-1: 47 of 50 steps, scaled)", precision=0)
-                            chunk = gr.Number(0, label="Chunk size (0: whole video at once)", precision=0)
-                            fps = gr.Number(initial[2], label="Frames per second", info=_by_family("fps"))
+                            seed = gr.Number(None, label="Seed (empty: random)", precision=0)
                             videos = gr.Number(1, label="Videos per prompt", precision=0)
+                            initial = self.family_defaults(self.models[0])
+                            fields = [_field(info, value) for info, value in zip(PARAMS, initial, strict=True)]
                     with gr.Column():
                         video = gr.Video(label="Video", autoplay=True, elem_id="result-video")
                         metadata = gr.JSON(label="Sidecar metadata")
                         files = gr.File(label="Download", file_count="multiple")
-                inputs = [prompt, model, negative, frames, steps, guidance, height, width, seed]
-                inputs += [motion_x, motion_y, t0, t1, chunk, fps, videos]
+                inputs = [prompt, model, negative, seed, videos, *fields]
                 run.click(self.generate, inputs, [video, metadata, files], api_name="generate")
-                model.change(self.family_defaults, model, [frames, guidance, fps], api_name=False)
+                # gradio documents api_name=False (no API endpoint) but types it `str | None`.
+                model.change(self.family_defaults, model, fields, api_name=False)  # type: ignore[arg-type]
             with gr.Tab("Night"):
                 with gr.Row():
                     folder = gr.Textbox(
@@ -233,18 +201,28 @@ class App:
                 rejected = gr.Dataframe(headers=["row", "column", "problem"], interactive=False, label="Rejected rows")
                 load.click(self.load_night, folder, [counts, table, rejected], api_name="night")
                 for trigger in (status.change, text.submit):
-                    trigger(self.filter_rows, [folder, status, text], table, api_name=False)
-                table.select(self.show_row, [folder, table], [row_video, row_meta], api_name=False)
+                    trigger(self.filter_rows, [folder, status, text], table, api_name=False)  # type: ignore[arg-type]
+                table.select(self.show_row, [folder, table], [row_video, row_meta], api_name=False)  # type: ignore[arg-type]
         return demo
 
 
-def _by_family(param: str) -> str:
-    return f"set to the model's default when the model changes: {defaults_by_family(param)}"
+def _field(info: ParamInfo, value: Any) -> gr.Number:
+    """A parameter's field, from its metadata; empty means the model's default."""
+    owner = f"{info.owner}: " if info.owner else ""
+    default = info.default_text(f"set to the model's default when the model changes ({defaults_by_family(info.name)})")
+    if not info.family_default:
+        default = f"empty: {default}" if info.default is None else f"default {default}"
+    return gr.Number(
+        value, label=info.label, precision=0 if info.kind is int else None, info=f"{owner}{info.help}; {default}"
+    )
 
 
-def _int(value: float | None, unset: int | None = None) -> int | None:
-    """A number field's integer; None (the default) when empty or at its `unset` value."""
-    return None if value is None or value == unset else int(value)
+def _typed(info: ParamInfo, value: float | None) -> int | float | None:
+    return _typed_int(value) if info.kind is int else value
+
+
+def _typed_int(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

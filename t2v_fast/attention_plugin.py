@@ -14,10 +14,15 @@ Myelin compiler fuses into its flash-attention kernels; no custom TensorRT plugi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import nn
+
+if TYPE_CHECKING:
+    from diffusers.models import UNet2DConditionModel
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -60,12 +65,13 @@ class CrossFrameAttnProcessor:
         return out.unflatten(1, (num_frames, -1)).flatten(0, 1)
 
 
-def set_cross_frame_attention(unet: nn.Module) -> None:
+def set_cross_frame_attention(unet: UNet2DConditionModel) -> None:
     """Route every attention module of a diffusers UNet through `CrossFrameAttnProcessor`."""
-    unet.set_attn_processor(CrossFrameAttnProcessor())
+    # diffusers accepts any processor (custom ones are documented) but types the argument as a union of its own.
+    unet.set_attn_processor(CrossFrameAttnProcessor())  # type: ignore[arg-type]
 
 
-def always_forward_upsample_sizes(unet: nn.Module) -> None:
+def always_forward_upsample_sizes(unet: UNet2DConditionModel) -> None:
     """Make every upsampler of a diffusers UNet take its skip connection's size, at every latent size.
 
     diffusers passes the skip connections' sizes to the upsamplers only when a latent side is not a multiple of
@@ -84,7 +90,7 @@ class VideoUNet(nn.Module):
     This is the exact module we export: the frame count is a dimension of `sample`, and text embeddings are per video.
     """
 
-    def __init__(self, unet: nn.Module):
+    def __init__(self, unet: UNet2DConditionModel):
         super().__init__()
         set_cross_frame_attention(unet)
         always_forward_upsample_sizes(unet)

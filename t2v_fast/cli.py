@@ -14,8 +14,8 @@ from typing import NoReturn
 
 from t2v_fast._version import __version__
 from t2v_fast.core.choices import BACKENDS, DTYPE_NAMES
-from t2v_fast.core.families import TEXT2VIDEO_ZERO, defaults_by_family
-from t2v_fast.core.params import GenerationParams, raise_problems, request_problems
+from t2v_fast.core.families import all_params, defaults_by_family
+from t2v_fast.core.params import ParamInfo, ParamRequest, raise_problems, request_problems
 from t2v_fast.core.presets import PRESETS
 from t2v_fast.errors import NumericalError, UserError
 
@@ -45,53 +45,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _param_help(info: ParamInfo, for_rows: bool) -> str:
+    """A parameter's help, from its metadata: whose it is, what it is, its default."""
+    owner = f"{info.owner}: " if info.owner else ""
+    default = info.default_text(defaults_by_family(info.name))
+    if for_rows:
+        return f"{owner}{info.help}, for rows that do not set it (default: {default})"
+    return f"{owner}{info.help} (default: {default})"
+
+
+def _add_param_options(parser: argparse.ArgumentParser, for_rows: bool = False) -> None:
+    """One option per generation parameter of any family (`t2v_fast.core.families.all_params`)."""
+    for info in all_params():
+        kind = _integer if info.kind is int else float
+        parser.add_argument(info.flag, type=kind, help=_param_help(info, for_rows).replace("%", "%%"))
+
+
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--frames", type=_integer, help=f"frames per video (default: {defaults_by_family('frames')})")
-    parser.add_argument(
-        "--steps", type=_integer, default=GenerationParams().steps, help="denoising steps (default %(default)s)"
-    )
-    parser.add_argument(
-        "--guidance", type=float, help=f"classifier-free guidance scale (default: {defaults_by_family('guidance')})"
-    )
-    parser.add_argument(
-        "--height",
-        type=_integer,
-        help="pixels, a multiple of 8 (the VAE's scale) from 16 (default: the model's native size)",
-    )
-    parser.add_argument(
-        "--width",
-        type=_integer,
-        help="pixels, a multiple of 8 (the VAE's scale) from 16 (default: the model's native size)",
-    )
+    _add_param_options(parser)
     parser.add_argument(
         "--seed", type=int, help="seed of the first video; video k uses seed+k (default: random, recorded)"
-    )
-    zero = TEXT2VIDEO_ZERO.defaults
-    parser.add_argument(
-        "--motion-x",
-        type=float,
-        help=f"Text2Video-Zero: horizontal motion per frame, in 1/512 of the width (default {zero['motion_x']:g})",
-    )
-    parser.add_argument(
-        "--motion-y",
-        type=float,
-        help=f"Text2Video-Zero: vertical motion per frame, in 1/512 of the height (default {zero['motion_y']:g})",
-    )
-    parser.add_argument(
-        "--t0", type=int, help="Text2Video-Zero: motion start step, counted from the end (default: 44 of 50, scaled)"
-    )
-    parser.add_argument(
-        "--t1", type=int, help="Text2Video-Zero: re-noising step, counted from the end (default: 47 of 50, scaled)"
     )
     parser.add_argument("--negative-prompt", default=None, help="what the video should not show")
     parser.add_argument(
         "--videos-per-prompt", type=_integer, default=1, help="videos with consecutive seeds (default %(default)s)"
-    )
-    parser.add_argument(
-        "--chunk-size", type=int, help="Text2Video-Zero: frames per UNet pass for long videos, anchor included (>= 2)"
-    )
-    parser.add_argument(
-        "--fps", type=float, help=f"frames per second of the MP4 (default: {defaults_by_family('fps')})"
     )
 
 
@@ -99,7 +76,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="tiny-random",
-        help=f"preset ({', '.join(PRESETS)}), diffusers folder or hub id (default %(default)s)",
+        help=f"preset ({', '.join(PRESETS)}), diffusers folder, hub id, or engine directory (t2v-fast export; what"
+        " onnxruntime and tensorrt run) (default %(default)s)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, help="default: float16 on GPU, float32 on CPU")
@@ -119,7 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(generate)
     generate.add_argument("--backend", default="torch", choices=BACKENDS, help="default: torch")
-    generate.add_argument("--engines", type=Path, help="engine directory (t2v-fast export) for onnxruntime/tensorrt")
     generate.add_argument(
         "--providers", help="comma-separated ONNX Runtime execution providers (default: best available)"
     )
@@ -136,7 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--out", required=True, type=Path, help="output folder: <id>.mp4, <id>.json, results.csv")
     _add_model_options(batch)
     batch.add_argument("--backend", default="torch", choices=BACKENDS, help="default: torch")
-    batch.add_argument("--engines", type=Path, help="engine directory for onnxruntime/tensorrt")
     batch.add_argument(
         "--batch-videos", type=_positive_int, default=4, help="videos denoised together at most (default %(default)s)"
     )
@@ -153,10 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--qc-flicker-ssim", type=float, default=0.3, help="QC: below this frame-to-frame SSIM a video flickers"
     )
     batch.add_argument("--strict", action="store_true", help="exit 1 when any row was rejected")
-    for name in ("frames", "steps", "height", "width"):
-        batch.add_argument(f"--{name}", type=_positive_int, help=f"default {name} for rows that do not set it")
-    batch.add_argument("--guidance", type=float, help="default guidance for rows that do not set it")
-    batch.add_argument("--fps", type=float, help="default fps for rows that do not set it")
+    _add_param_options(batch, for_rows=True)
     batch.add_argument("--seed", type=int, default=0, help="row N without a seed uses SEED + N - 2 (default 0)")
     batch.set_defaults(handler=_batch)
 
@@ -220,7 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--model", action="append", default=[], help="model to offer first (repeatable; default: presets)")
     ui.add_argument("--models-dir", type=Path, help="also offer the diffusers and engine folders found here")
     ui.add_argument("--backend", default="torch", choices=BACKENDS, help="default: torch")
-    ui.add_argument("--engines", type=Path, help="engine directory to offer (for onnxruntime/tensorrt)")
     ui.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     ui.add_argument("--dtype", choices=DTYPE_NAMES, help="default: float16 on GPU, float32 on CPU")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
@@ -261,8 +233,8 @@ def _output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(count)]
 
 
-def _generation_params(args: argparse.Namespace) -> GenerationParams:
-    return GenerationParams(**{name: getattr(args, name) for name in GenerationParams.names()})
+def _param_request(args: argparse.Namespace) -> ParamRequest:
+    return ParamRequest.of(**{info.name: getattr(args, info.name) for info in all_params()})
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -274,11 +246,11 @@ def _generate(args: argparse.Namespace) -> int:
     paths = _output_paths(args.out, args.videos_per_prompt)
     for path in paths:
         check_writable(path)
-    source = str(args.engines) if args.engines else args.model
+    source = args.model
     from t2v_fast.loading import describe_model, load_pipeline
 
     # Every rule that needs only the model's configs is checked before its weights load (minutes for a large model).
-    raise_problems(problems + _generation_params(args).check(describe_model(source))[1])
+    raise_problems(describe_model(source).check(_param_request(args))[1])
     with _status(f"loading {source} ({args.backend} backend)", quiet=args.quiet):
         pipeline = load_pipeline(
             source,
@@ -295,7 +267,7 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         videos_per_prompt=args.videos_per_prompt,
         progress=not args.quiet,
-        **_generation_params(args).as_dict(),
+        **_param_request(args).values,
     )
     for video, path in zip(videos, paths, strict=True):
         video.save(path)
@@ -324,16 +296,14 @@ def _batch(args: argparse.Namespace) -> int:
     from t2v_fast.core.video import prepare_output_folder
     from t2v_fast.loading import describe_model, load_pipeline
 
-    source = str(args.engines) if args.engines else args.model
-    names = ("frames", "steps", "height", "width", "guidance", "fps")
-    defaults = GenerationParams(**{name: getattr(args, name) for name in names if getattr(args, name) is not None})
-    spec = describe_model(source)
-    parsed = parse_manifest(args.manifest, defaults, spec, args.seed)
+    source = args.model
+    card = describe_model(source)
+    parsed = parse_manifest(args.manifest, _param_request(args), card, args.seed)
     prepare_output_folder(args.out)
     for warning in parsed.warnings:
         print(f"t2v-fast: warning: {warning}", file=sys.stderr)
     thresholds = QcThresholds(args.qc_frozen_mad, args.qc_flicker_ssim)
-    todo, results = split_done(parsed.rows, args.out, spec.model_id, thresholds)
+    todo, results = split_done(parsed.rows, args.out, card.model_id, card.weights_sha256, thresholds)
     print(
         f"{parsed.total_rows} rows: {len(todo)} to render, {len(results)} already done, {len(parsed.rejected)} rejected"
     )
@@ -419,7 +389,7 @@ def _ui(args: argparse.Namespace) -> int:
         from t2v_fast.app import serve
     except ImportError as error:
         raise UserError(f"the web app needs Gradio ({error.name} is missing): pip install 't2v-fast[ui]'") from None
-    models = [*([str(args.engines)] if args.engines else []), *args.model]
+    models = args.model
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"t2v-fast: web app on http://{args.host}:{args.port} (Ctrl+C stops it)", file=sys.stderr)
     serve(models, args.backend, args.device, args.dtype, args.models_dir, args.out, args.host, args.port)
@@ -438,7 +408,7 @@ def _model_save(args: argparse.Namespace) -> int:
     save_components(components, args.folder)
     counts = {name: sum(p.numel() for p in getattr(components, name).parameters()) for name in NETWORK_MODULES}
     sizes = ", ".join(f"{name} {count / 1e6:,.1f} M" for name, count in counts.items())
-    print(f"wrote {args.preset} ({components.family.title}; parameters: {sizes}) to {args.folder}")
+    print(f"wrote {args.preset} ({components.card.family_record.title}; parameters: {sizes}) to {args.folder}")
     return 0
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +46,51 @@ def tests_never_write_tracked_files():
 
 
 def run_cli(*args: str, check: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The installed `t2v-fast` executable in a process of its own: for tests of the process itself (its exit
+    status, what it imports, signals, environment) and for session fixtures; `cli` runs the same in this process."""
     result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
     if check:
         assert result.returncode == 0, result.stderr
     return result
+
+
+@dataclass
+class CliResult:
+    """What `cli` returns: the attributes of `subprocess.CompletedProcess` that the tests read."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capfd) -> Callable[..., CliResult]:
+    """`t2v-fast ARGS` run in this process through `t2v_fast.cli.main`: its exit status (main's return value, or the
+    SystemExit of argparse's errors, --help and --version) and what it wrote to stdout and stderr.
+
+    main may run any number of times in one process: `logging.basicConfig` adds a handler only where the root logger
+    has none (pytest's are there during a test) and the root logger's handlers are put back after every call anyway;
+    `quiet_libraries` sets the same library verbosity and warning filters each time (pytest restores the filters
+    after every test)."""
+    from t2v_fast.cli import main
+
+    def run(*args: str, check: bool = False) -> CliResult:
+        capfd.readouterr()  # what the test wrote before: not the command's output
+        handlers = logging.root.handlers[:]
+        try:
+            code = main(list(args))
+        except SystemExit as exited:
+            if isinstance(exited.code, str):  # as the interpreter does: the message on stderr, status 1
+                print(exited.code, file=sys.stderr)
+            code = exited.code if isinstance(exited.code, int) else int(exited.code is not None)
+        finally:
+            logging.root.handlers[:] = handlers
+        out, err = capfd.readouterr()
+        if check:
+            assert code == 0, err
+        return CliResult(code, out, err)
+
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +121,21 @@ def reference_frames(reference, seed: int, **kwargs) -> np.ndarray:
     """Run the reference and quantise its float frames to uint8 exactly as we do."""
     images = reference(generator=torch.Generator().manual_seed(seed), **kwargs).images
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+
+
+# Our parameter names that TextToVideoZeroPipeline spells differently; height, width, t0 and t1 are its names too.
+REFERENCE_RENAMED = {
+    "frames": "video_length",
+    "steps": "num_inference_steps",
+    "guidance": "guidance_scale",
+    "motion_x": "motion_field_strength_x",
+    "motion_y": "motion_field_strength_y",
+}
+
+
+def reference_arguments(case: dict) -> dict:
+    """A test case's generation parameters as the reference's keyword arguments (its seed goes to a generator)."""
+    return {REFERENCE_RENAMED.get(name, name): value for name, value in case.items() if name != "seed"}
 
 
 def max_pixel_diff(a: np.ndarray, b: np.ndarray) -> int:

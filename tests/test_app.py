@@ -18,6 +18,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # `make screenshots` sets this to docs/ to refresh the README's pictures; a plain test run writes them to a temporary
 # folder, never over tracked files.
 SCREENSHOTS = os.environ.get("T2V_FAST_SCREENSHOTS")
+pytestmark = pytest.mark.server  # every test here talks to the `app` server process
 browser_test = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 
 NIGHT = "id,prompt,seed,frames\ncat,a cat on a sofa,1,\ndog,a dog in the snow,2,5\nbad,a bird,x,\n"
@@ -67,7 +68,9 @@ def test_generate_through_the_api(app, tmp_path):
     url, _ = app
     client = Client(url, verbose=False)
     assert "/generate" in client.view_api(return_format="dict")["named_endpoints"]
-    arguments = ["a lighthouse at dusk", "tiny-random", "", 5, 4, 7.5, 48, 80, 11, 12, 12, -1, -1, 0, 5, 1]
+    # prompt, model, negative prompt, seed, videos per prompt, then the parameters in `all_params()` order: frames,
+    # steps, guidance, height, width, fps, motion_x, motion_y, t0, t1, chunk_size (None: the model's default).
+    arguments = ["a lighthouse at dusk", "tiny-random", "", 11, 1, 5, 4, 7.5, 48, 80, 5, 12, 12, None, None, None]
     path, metadata, files = client.predict(*arguments, api_name="/generate")
     meta, frames = read_mp4(Path(path))
     assert frames.shape == (5, 48, 80, 3) and meta["fps"] == pytest.approx(5.0)
@@ -80,13 +83,14 @@ def test_a_modelscope_model_takes_its_defaults_and_refuses_motion(app):
 
     url, _ = app
     client = Client(url, verbose=False)
-    # Empty frames, guidance and fps; the motion sliders at rest: the family's defaults, no motion.
-    arguments = ["a kite", "modelscope-tiny-random", "", None, 3, None, 0, 0, 5, 12, 12, -1, -1, 0, None, 1]
+    # Every field empty but steps: the family's defaults, and no motion.
+    arguments = ["a kite", "modelscope-tiny-random", "", 5, 1, None, 3, None, None, None, None, None, None, None, None]
+    arguments += [None]
     path, metadata, _ = client.predict(*arguments, api_name="/generate")
     meta, frames = read_mp4(Path(path))
     assert frames.shape == (16, 64, 64, 3) and meta["fps"] == pytest.approx(8.0)
     assert metadata["model"]["family"] == "modelscope" and metadata["params"]["guidance"] == 9.0
-    arguments[9] = 4  # δx moved: a Text2Video-Zero parameter
+    arguments[11] = 4  # δx set: a Text2Video-Zero parameter
     with pytest.raises(AppError, match="motion_x is a Text2Video-Zero parameter"):
         client.predict(*arguments, api_name="/generate")
 
@@ -170,12 +174,14 @@ def _walk_through_both_tabs(page, url, out, shots):
     _set(page, "Model", "modelscope-tiny-random")
     _field_reads(page, "Frames (video length)", "16")
     _field_reads(page, "Frames per second", "8")
+    _field_reads(page, "Global translation δx", "")  # a parameter ModelScope does not take: empty
     _set(page, "Model", "tiny-random")
     _field_reads(page, "Frames (video length)", "8")
+    _field_reads(page, "Global translation δx", "12")
     _set(page, "Frames (video length)", "6")
 
     _set(page, "Steps", "6")
-    _set(page, "Seed (-1: random)", "7")
+    _set(page, "Seed (empty: random)", "7")
     page.get_by_role("button", name="Run").click()
     duration, width, height = _video_facts(page, "#result-video")
     assert (width, height) == (64, 64)

@@ -9,14 +9,15 @@ import pytest
 import t2v_fast.core.video as video_module
 from t2v_fast.bulk.manifest import ManifestRow
 from t2v_fast.bulk.rendering import batch_groups, is_done, render_rows
-from t2v_fast.core.params import GenerationParams
+from t2v_fast.core.params import ParamRequest
 from t2v_fast.loading import describe_model
 
-PARAMS = GenerationParams(frames=2, steps=3).resolve(describe_model("tiny-random")).as_dict()
+CARD = describe_model("tiny-random")
 
 
 def row(number: int, prompt: str, seed: int = 0, videos: int = 1, **params) -> ManifestRow:
-    return ManifestRow(number, f"r{number}", prompt, "", seed, videos, {**PARAMS, **params})
+    settings = CARD.resolve(ParamRequest.of(**{"frames": 2, "steps": 3, **params}))
+    return ManifestRow(number, f"r{number}", prompt, "", seed, videos, settings, CARD.family)
 
 
 def test_rows_with_equal_settings_share_a_batch():
@@ -77,7 +78,7 @@ def test_an_unwritable_output_fails_clearly_leaves_nothing_partial_and_renders_n
 
     monkeypatch.undo()  # space freed / share writable again: the next night renders the row
     [result] = render_rows(pipeline, [row(2, "a")], tmp_path)
-    assert result.status == "done" and is_done(tmp_path, row(2, "a"), pipeline.backend.info.model_id)
+    assert result.status == "done" and is_done(tmp_path, row(2, "a"), pipeline.backend.card.model_id)
 
 
 def test_nan_guard_failures_are_not_retried(tmp_path, tiny_folder):
@@ -99,7 +100,7 @@ def test_done_means_same_request_and_model(pipeline, tmp_path):
     finished = row(2, "a", seed=4, videos=2)
     [result] = render_rows(pipeline, [finished], tmp_path)
     assert result.outputs == [str(tmp_path / "r2-0.mp4"), str(tmp_path / "r2-1.mp4")]
-    model_id = pipeline.backend.info.model_id
+    model_id = pipeline.backend.card.model_id
     assert is_done(tmp_path, finished, model_id)
     assert not is_done(tmp_path, row(2, "a", seed=5, videos=2), model_id)
     assert not is_done(tmp_path, row(2, "b", seed=4, videos=2), model_id)
@@ -127,6 +128,10 @@ def test_qc_verdicts_follow_the_thresholds_and_reach_results_csv(pipeline, tmp_p
     [ok] = render_rows(pipeline, [row(2, "a")], tmp_path / "ok")
     [frozen] = render_rows(pipeline, [row(2, "a")], tmp_path / "strict", qc_thresholds=QcThresholds(frozen_mad=1e9))
     assert (ok.qc, frozen.qc) == ("ok", "frozen")
+    # QC is measured as the night saves each video, and its sidecar carries it (with the request's hash).
+    sidecar = json.loads((tmp_path / "ok" / "r2.json").read_text())
+    assert sidecar["qc"]["verdict"] == "ok" and 0 < sidecar["qc"]["ssim"] <= 1 and sidecar["qc"]["flicker_mad"] > 0
+    assert sidecar["request"]["format"] == 1 and len(sidecar["request"]["sha256"]) == 64
     write_reports(tmp_path / "strict", Manifest(rows=[], rejected={}), [frozen])
     lines = (tmp_path / "strict" / "results.csv").read_text().splitlines()
     assert lines[0].endswith(",qc") and lines[1].endswith(",frozen")

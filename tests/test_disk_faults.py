@@ -139,11 +139,12 @@ def test_render_rows_into_a_read_only_mount_fails_each_row_with_the_file_and_the
     """The library call (the nightly's shards use it): each row fails with the file it could not write, at once."""
     from t2v_fast.bulk.manifest import ManifestRow
     from t2v_fast.bulk.rendering import render_rows
-    from t2v_fast.core.params import GenerationParams
+    from t2v_fast.core.params import ParamRequest
     from t2v_fast.loading import describe_model
 
-    params = GenerationParams(frames=2, steps=2).resolve(describe_model("tiny-random")).as_dict()
-    rows = [ManifestRow(2 + k, f"r{k}", f"scene {k}", "", k, 1, params) for k in range(3)]
+    card = describe_model("tiny-random")
+    settings = card.resolve(ParamRequest.of(frames=2, steps=2))
+    rows = [ManifestRow(2 + k, f"r{k}", f"scene {k}", "", k, 1, settings, card.family) for k in range(3)]
     out = tmpfs("out", 1 << 20)
     [done] = render_rows(pipeline, rows[:1], out)
     assert done.status == "done"

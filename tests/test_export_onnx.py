@@ -142,7 +142,7 @@ def test_cuda_graphs_without_the_cuda_provider_are_refused(tiny_engines, tmp_pat
 
 def _generate_with_onnxruntime(engines, out, *options):
     return run_cli(
-        "generate", "a cat", "--backend", "onnxruntime", "--engines", str(engines), "--out", str(out), *options
+        "generate", "a cat", "--backend", "onnxruntime", "--model", str(engines), "--out", str(out), *options
     )
 
 
@@ -254,7 +254,7 @@ def test_export_records_the_output_dtype_without_running_the_model(tmp_path, dty
             eager_calls.append(type(module).__name__)
 
     components.text_encoder.register_forward_pre_hook(count_real)
-    info = exporter.ModelInfo.from_components(components)
+    info = exporter.ModelCard.from_components(components)
     settings = exporter.ExportSettings(frames=8)
     example = exporter._example_dims(info, settings)
     record = exporter._export_component(NETWORKS["text_encoder"], components, info, example, dtype, tmp_path, settings)

@@ -39,6 +39,7 @@ def outputs_and_times(folder):
     return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.suffix in (".mp4", ".json")}
 
 
+@pytest.mark.server  # the harness: a real, temporary Prefect API
 def test_nightly_renders_good_rows_and_reports_every_row(harness, tmp_path):
     from flows.nightly import nightly
 
@@ -112,6 +113,7 @@ def test_batch_rejects_a_broken_file_in_one_line(tmp_path):
     assert result.returncode == 2 and "no 'prompt' column" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.server  # the harness: a real, temporary Prefect API
 def test_nightly_takes_a_modelscope_model_without_new_flags(harness, tmp_path):
     from flows.nightly import nightly
 

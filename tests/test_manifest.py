@@ -3,7 +3,7 @@
 import pytest
 
 from t2v_fast.bulk.manifest import parse_manifest, stable_id
-from t2v_fast.core.params import GenerationParams
+from t2v_fast.core.params import ParamRequest
 from t2v_fast.errors import UserError
 from t2v_fast.loading import describe_model
 
@@ -16,7 +16,7 @@ def spec():
 def parse(spec, tmp_path, text: str, encoding="utf-8", **defaults):
     path = tmp_path / "manifest.csv"
     path.write_bytes(text.encode(encoding))
-    return parse_manifest(path, GenerationParams(**defaults), spec)
+    return parse_manifest(path, ParamRequest.of(**defaults), spec)
 
 
 def reported(manifest):
@@ -28,7 +28,7 @@ def test_good_manifest_with_bom_crlf_and_quoted_fields(spec, tmp_path):
     manifest = parse(spec, tmp_path, text)
     assert manifest.problems == []
     a, b = manifest.rows
-    assert (a.id, a.prompt, a.seed, a.params["steps"], a.params["t0"], a.params["t1"]) == (
+    assert (a.id, a.prompt, a.seed, a.settings.steps, a.settings.t0, a.settings.t1) == (
         "a",
         "a cat, sitting",
         5,
@@ -36,7 +36,7 @@ def test_good_manifest_with_bom_crlf_and_quoted_fields(spec, tmp_path):
         8,
         9,
     )
-    assert (b.id, b.prompt, b.seed, b.params["steps"]) == (
+    assert (b.id, b.prompt, b.seed, b.settings.steps) == (
         "b",
         "two\nlines",
         1,
@@ -115,4 +115,4 @@ def test_invalid_defaults_reject_the_file_naming_the_default(spec, tmp_path):
 
 def test_flow_defaults_apply_where_rows_are_silent(spec, tmp_path):
     manifest = parse(spec, tmp_path, "prompt,frames\na,\nb,3\n", frames=5, steps=12)
-    assert [(r.params["frames"], r.params["steps"]) for r in manifest.rows] == [(5, 12), (3, 12)]
+    assert [(r.settings.frames, r.settings.steps) for r in manifest.rows] == [(5, 12), (3, 12)]

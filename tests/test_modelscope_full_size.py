@@ -29,7 +29,7 @@ def test_the_architecture_is_modelscope_1_7b(components):
         name: sum(p.numel() for p in getattr(components, name).parameters()) for name in ("text_encoder", "unet", "vae")
     }
     print(f"\nmodelscope-random parameters: {counts}, total {sum(counts.values()):,}")
-    assert type(components.unet).__name__ == "UNet3DConditionModel" and components.family.name == "modelscope"
+    assert type(components.unet).__name__ == "UNet3DConditionModel" and components.card.family == "modelscope"
     assert 1.6e9 < counts["unet"] + counts["text_encoder"] < 1.9e9  # "≈1.7 B parameters together"
     assert components.native_size == 256 and components.text_encoder.config.hidden_size == 1024
 

@@ -4,9 +4,7 @@ Tolerance: 2/255 per pixel; the observed difference is 0-1/255.
 """
 
 import pytest
-from conftest import assert_is_moving_video, max_pixel_diff, reference_frames
-
-from benchmarks.runners import reference_arguments
+from conftest import assert_is_moving_video, max_pixel_diff, reference_arguments, reference_frames
 
 TOLERANCE = 2
 

@@ -7,9 +7,9 @@ from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_vid
 )
 
 from t2v_fast.core.presets import build_random_components
-from t2v_fast.core.schedule import resolve_t0_t1, timesteps_for
 from t2v_fast.errors import UserError
 from t2v_fast.families.text2video_zero.motion import warp_latents
+from t2v_fast.families.text2video_zero.schedule import resolve_t0_t1, timesteps_for
 
 
 @pytest.fixture(scope="module")

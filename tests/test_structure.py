@@ -96,3 +96,11 @@ def test_help_version_and_argument_errors_import_nothing_heavy(argv):
     loaded, _, exit_code = result.stdout.strip().splitlines()[-1].rpartition(" ")
     assert loaded == "[]", f"imported {loaded} for {argv}"
     assert exit_code == ("2" if argv == ["generate"] else "0")
+
+
+def test_every_public_name_imports():
+    """`t2v_fast`'s names are imported on first use, from the modules its table names: each must be there."""
+    import t2v_fast
+
+    for name in t2v_fast.__all__:
+        assert getattr(t2v_fast, name) is not None, name

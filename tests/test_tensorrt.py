@@ -144,7 +144,7 @@ def test_profiles_follow_the_ranges(engine_dir):
     ranges = BuildRanges(
         AxisRange(1, 1, 2), AxisRange(2, 8, 24), AxisRange.parse("64", "height"), AxisRange(64, 64, 128)
     )
-    profiles = ranges.profiles(engine_dir.info)
+    profiles = ranges.profiles(engine_dir.card)
     # One ranged UNet profile from 1 video without guidance and the first frame alone, to 2 × 2 videos × 24 frames.
     assert [p["sample"] for p in profiles["unet"]] == [[[1, 1, 4, 8, 8], [2, 8, 4, 8, 8], [4, 24, 4, 8, 16]]]
     assert profiles["unet"][0]["encoder_hidden_states"] == [[1, 77, 32], [2, 77, 32], [4, 77, 32]]
@@ -152,12 +152,12 @@ def test_profiles_follow_the_ranges(engine_dir):
     assert profiles["vae_decoder"] == [{"latents": [[1, 4, 8, 8], [8, 4, 8, 8], [8, 4, 8, 16]]}]
     with pytest.raises(UserError, match="multiples of 8"):
         BuildRanges(AxisRange(1, 1, 1), AxisRange(8, 8, 8), AxisRange(76, 76, 76), AxisRange(64, 64, 64)).profiles(
-            engine_dir.info
+            engine_dir.card
         )
 
 
 def test_static_ranges_give_one_fixed_unet_profile_per_shape(engine_dir):
-    profiles = default_ranges(engine_dir, static=True).profiles(engine_dir.info)
+    profiles = default_ranges(engine_dir, static=True).profiles(engine_dir.card)
     samples = [p["sample"] for p in profiles["unet"]]
     assert [s[0] for s in samples] == [[1, 1, 4, 8, 8], [1, 8, 4, 8, 8], [2, 1, 4, 8, 8], [2, 8, 4, 8, 8]]
     assert all(s[0] == s[1] == s[2] for s in samples), "fixed shapes: each can replay a CUDA graph"
@@ -175,17 +175,17 @@ class ShapeRecorder:
 
     def __init__(self, backend):
         self.backend, self.calls = backend, []
-        self.name, self.info, self.device, self.dtype = "recorder", backend.info, backend.device, backend.dtype
+        self.name, self.card, self.device, self.dtype = "recorder", backend.card, backend.device, backend.dtype
         self.placement = backend.placement
 
     def encode_text(self, input_ids):
         self.calls.append(("text_encoder", {"input_ids": tuple(input_ids.shape)}))
         return self.backend.encode_text(input_ids)
 
-    def predict_noise(self, sample, timestep, text_embeddings):
-        shapes = {"sample": tuple(sample.shape), "encoder_hidden_states": tuple(text_embeddings.shape)}
+    def predict_noise(self, sample, timestep, encoder_hidden_states):
+        shapes = {"sample": tuple(sample.shape), "encoder_hidden_states": tuple(encoder_hidden_states.shape)}
         self.calls.append(("unet", shapes))
-        return self.backend.predict_noise(sample, timestep, text_embeddings)
+        return self.backend.predict_noise(sample, timestep, encoder_hidden_states)
 
     def decode_latents(self, latents):
         self.calls.append(("vae_decoder", {"latents": tuple(latents.shape)}))
@@ -220,7 +220,7 @@ def test_every_shape_a_generation_sends_is_inside_the_built_profiles(engine_dir,
     if static_too:  # the export's own shapes: 1 video of 8 frames at 64×64
         builds["static"] = default_ranges(engine_dir, static=True)
     for kind, ranges in builds.items():
-        profiles = ranges.profiles(engine_dir.info)
+        profiles = ranges.profiles(engine_dir.card)
         outside = [call for call in recorder.calls if profile_index(profiles[call[0]], call[1]) is None]
         assert not outside, f"{kind} build: calls outside every profile: {outside[:3]}"
 
@@ -286,9 +286,9 @@ def test_build_load_run_and_refuse_stale(tiny_engines, tmp_path):
 
 def test_static_modelscope_profiles_have_no_first_frame_profile():
     """ModelScope never sends 1 frame: a static build has one profile per guidance setting, all frames each."""
-    from t2v_fast.core.models import ModelInfo, load_components
+    from t2v_fast.core.models import ModelCard, load_components
 
-    info = ModelInfo.from_components(load_components("modelscope-tiny-random", device="cpu", dtype="float32"))
+    info = ModelCard.from_components(load_components("modelscope-tiny-random", device="cpu", dtype="float32"))
     fixed = {axis: AxisRange(v, v, v) for axis, v in (("videos", 1), ("frames", 16), ("height", 64), ("width", 64))}
     unet = BuildRanges(**fixed).profiles(info)["unet"]
     assert [profile["sample"][0] for profile in unet] == [[1, 16, 4, 8, 8], [2, 16, 4, 8, 8]]
@@ -308,7 +308,7 @@ class StaticUNetBackend(ShapeRecorder):
 
 
 def test_a_generation_outside_static_profiles_is_refused_before_any_unet_call(engine_dir, pipeline):
-    profiles = default_ranges(engine_dir, static=True).profiles(engine_dir.info)["unet"]
+    profiles = default_ranges(engine_dir, static=True).profiles(engine_dir.card)["unet"]
     backend = StaticUNetBackend(pipeline.backend, profiles)
     recording = TextToVideoZeroPipeline(pipeline.tokenizer, pipeline.scheduler, backend)
     with pytest.raises(UserError, match="outside the engine's profiles"):

@@ -20,7 +20,6 @@ SIDECAR_FIELDS = {
     "device",
     "dtype",
     "timings",
-    "qc",
     "t2v_fast_version",
 }
 PARAM_FIELDS = {
@@ -75,7 +74,6 @@ def test_sidecar_has_every_field(video, tmp_path):
     assert (sidecar["backend"], sidecar["dtype"], sidecar["device"]) == ("torch", "float32", "cpu")
     assert {"encode_text_s", "denoise_s", "decode_s", "total_s"} <= set(sidecar["timings"])
     assert sidecar["t2v_fast_version"] == __version__
-    assert sidecar["qc"]["verdict"] == "ok" and 0 < sidecar["qc"]["ssim"] <= 1 and sidecar["qc"]["flicker_mad"] > 0
     assert read_mp4(tmp_path / "car.mp4")[0]["fps"] == pytest.approx(3.0)
 
 

@@ -73,8 +73,9 @@ def _cases(engine_dir: EngineDir, seed: int) -> list[Case]:
     """Calls of every shape generation makes, on fixed random inputs (shapes from the network table): the text batch
     of a guided call (with a repeated prompt) and of one prompt; the UNet at all frames with and without guidance and
     at the first frame alone; a full and a one-image VAE batch."""
-    info, settings = engine_dir.info, engine_dir.export_settings
+    info, settings = engine_dir.card, engine_dir.export_settings
     videos, frames = settings.videos, settings.frames
+    assert frames is not None  # an export records its resolved frame count
     images = min(frames * videos, DECODE_BATCH_SIZE)
 
     def inputs(component: str, batch: int, count: int, decoded: int) -> dict[str, torch.Tensor]:

@@ -84,7 +84,7 @@ def provider_options(engine_dir: EngineDir, component: str, provider: str, devic
     if provider != "TensorrtExecutionProvider":
         return {}
     cache = engine_dir.path / "onnxruntime-trt-cache"
-    profile = default_ranges(engine_dir, static=False).profiles(engine_dir.info)[component][0]
+    profile = default_ranges(engine_dir, static=False).profiles(engine_dir.card)[component][0]
     shapes = [
         ",".join(f"{name}:{'x'.join(map(str, limits[point]))}" for name, limits in profile.items() if limits[point])
         for point in range(3)
@@ -121,7 +121,7 @@ class OnnxRuntimeBackend:
     ):
         import onnxruntime as ort
 
-        self.info = engine_dir.info
+        self.card = engine_dir.card
         requested, self.provider_choice = choose_providers(ort.get_available_providers(), providers)
         logger.info("onnxruntime providers: %s", self.provider_choice)
         on_gpu = requested[0] in GPU_PROVIDERS
@@ -171,7 +171,7 @@ class OnnxRuntimeBackend:
         binding = self.sessions[component].io_binding()
         for name, tensor in inputs.items():
             self._bind(binding, name, tensor)
-        output = torch.empty(network.output_shape(shapes, self.info), dtype=self.dtype, device=self.device)
+        output = torch.empty(network.output_shape(shapes, self.card), dtype=self.dtype, device=self.device)
         self._bind(binding, network.output.name, output, output=True)
         return binding, output
 
@@ -216,10 +216,10 @@ class OnnxRuntimeBackend:
         return self._run("text_encoder", input_ids=input_ids.long())
 
     def predict_noise(
-        self, sample: torch.Tensor, timestep: torch.Tensor, text_embeddings: torch.Tensor
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         timestep = self.timesteps.get(timestep)
-        return self._run("unet", sample=sample, timestep=timestep, encoder_hidden_states=text_embeddings)
+        return self._run("unet", sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self._run("vae_decoder", latents=latents)

@@ -221,7 +221,7 @@ class TensorRTBackend:
         torch.cuda.set_device(self.device)  # contexts, buffers and graphs all belong to this device
         capability = compute_capability(self.device)
         precision = precision or engine_dir.export_settings.dtype
-        self.info = engine_dir.info
+        self.card = engine_dir.card
         self.stream = torch.cuda.Stream(self.device)
         self.engines = {}
         for component in COMPONENTS:
@@ -248,10 +248,10 @@ class TensorRTBackend:
         return self.engines["text_encoder"](input_ids=input_ids.to(self.device, torch.int64))
 
     def predict_noise(
-        self, sample: torch.Tensor, timestep: torch.Tensor, text_embeddings: torch.Tensor
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         return self.engines["unet"](
-            sample=sample, timestep=self.timesteps.get(timestep), encoder_hidden_states=text_embeddings
+            sample=sample, timestep=self.timesteps.get(timestep), encoder_hidden_states=encoder_hidden_states
         )
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from t2v_fast.core.models import ModelComponents, ModelInfo
+from t2v_fast.core.models import ModelCard, ModelComponents
 from t2v_fast.core.networks import NETWORKS
 from t2v_fast.families.modelscope.unet3d import chunk_feed_forward
 
@@ -37,7 +38,8 @@ def channels_last_convolutions(module: nn.Module) -> None:
     temporal `Conv3d`s) and raises "required rank 4 tensor"; the 3-D ones keep their layout."""
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d):
-            layer.to(memory_format=torch.channels_last)
+            # torch's stubs omit `Module.to`'s `memory_format` keyword, which it documents and accepts.
+            layer.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 class TorchBackend:
@@ -56,19 +58,19 @@ class TorchBackend:
         on CUDA) suits tensor-core convolutions; `compile_unet` runs the UNet through `torch.compile` (Inductor
         kernels, CUDA graphs on GPU), paid for once by the first call at each shape; `feed_forward_chunk` runs the
         UNet's feed-forward networks that many tokens at a time (None: all at once)."""
-        self.info = ModelInfo.from_components(components)
+        self.card = ModelCard.from_components(components)
         self.text_encoder = NETWORKS["text_encoder"].build(components)
         self.unet = NETWORKS["unet"].build(components)
         self.vae = NETWORKS["vae_decoder"].build(components)
         if feed_forward_chunk:
             chunk_feed_forward(self.unet, feed_forward_chunk)
-        self.device = self.unet.unet.device
-        self.dtype = self.unet.unet.dtype
+        self.device = components.unet.device  # the UNet the network wraps (`self.unet.unet`)
+        self.dtype = components.unet.dtype
         if channels_last if channels_last is not None else self.device.type == "cuda":
             channels_last_convolutions(self.unet)
             channels_last_convolutions(self.vae)
         self.timesteps = DeviceScalars(self.device)
-        self.run_unet = self.unet
+        self.run_unet: Callable[..., Any] = self.unet
         if compile_unet:
             # On GPU, CUDA graphs remove the per-kernel launch cost; autotuning would cost minutes per shape.
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
@@ -84,9 +86,9 @@ class TorchBackend:
 
     @torch.inference_mode()
     def predict_noise(
-        self, sample: torch.Tensor, timestep: torch.Tensor, text_embeddings: torch.Tensor
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
-        return self.run_unet(sample, self.timesteps.get(timestep), text_embeddings)
+        return self.run_unet(sample, self.timesteps.get(timestep), encoder_hidden_states)
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

@@ -92,6 +92,7 @@ class Heartbeat:
 
     def stop(self) -> None:
         """Stop beating (the beater exits when its stdin closes), at once."""
+        assert self._process.stdin is not None  # started with stdin=PIPE
         with contextlib.suppress(OSError):
             self._process.stdin.close()
         try:

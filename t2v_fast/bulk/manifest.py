@@ -1,8 +1,9 @@
 """CSV prompt manifests: parse, validate every row, and reject only the rows that are wrong.
 
 Format: UTF-8 (a BOM and CRLF line ends are fine), RFC 4180 quoting (fields may hold commas and newlines), a header
-row. `prompt` is required; `id` is optional; any of `OVERRIDES` may override the run's defaults per row. Row numbers
-count records as a spreadsheet does: the header is row 1, the first prompt row 2.
+row. `prompt` is required; `id` is optional; the request's own columns (`REQUEST_COLUMNS`) and every generation
+parameter (`t2v_fast.core.families.all_params`, one column each, by name) may override the run's defaults per row.
+Row numbers count records as a spreadsheet does: the header is row 1, the first prompt row 2.
 """
 
 from __future__ import annotations
@@ -12,21 +13,25 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from t2v_fast.core.params import GenerationParams, ParamProblem, raise_problems, request_problems
+from t2v_fast.core.families import all_params, family_named
+from t2v_fast.core.params import CommonParams, ParamProblem, ParamRequest, raise_problems, request_problems
 from t2v_fast.errors import UserError
 
 if TYPE_CHECKING:
-    from t2v_fast.core.models import ModelSpec
+    from t2v_fast.core.models import ModelCard
 
-INT_FIELDS = ("seed", "frames", "steps", "height", "width", "t0", "t1", "videos_per_prompt")
-FLOAT_FIELDS = ("guidance", "fps", "motion_x", "motion_y")
-OVERRIDES = ("negative_prompt", *INT_FIELDS, *FLOAT_FIELDS)
-COLUMNS = ("id", "prompt", *OVERRIDES)
-OVERRIDES_IN_PARAM_ORDER = ("negative_prompt", *GenerationParams.names(), "seed", "videos_per_prompt")
+# Column -> type of every number column: the request's own, and each generation parameter's, from its metadata.
+NUMBER_COLUMNS: dict[str, type] = {
+    "seed": int,
+    "videos_per_prompt": int,
+    **{info.name: info.kind for info in all_params()},
+}
+REQUEST_COLUMNS = ("negative_prompt", "seed", "videos_per_prompt")
+COLUMNS = ("id", "prompt", "negative_prompt", *(info.name for info in all_params()), "seed", "videos_per_prompt")
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 CLIP_TOKENS = 77
 
@@ -43,7 +48,7 @@ class Problem:
 
 @dataclass(frozen=True)
 class ManifestRow:
-    """A valid row: its id, prompt, and the generation settings it asks for (defaults already applied)."""
+    """A valid row: its id, prompt, and the settings it asks for, resolved for the model (defaults applied)."""
 
     row: int
     id: str
@@ -51,17 +56,16 @@ class ManifestRow:
     negative_prompt: str
     seed: int
     videos_per_prompt: int
-    params: dict[str, Any]
+    settings: CommonParams
+    family: str  # whose settings they are (`Family.params`), so that a row read back from JSON is typed again
 
-    def request(self) -> dict[str, Any]:
-        """What determines the output: if this is unchanged (and the model too), an existing output can be kept."""
-        return {
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "seed": self.seed,
-            "videos_per_prompt": self.videos_per_prompt,
-            "params": self.params,
-        }
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> ManifestRow:
+        settings = family_named(entry["family"]).params(**entry["settings"])
+        return cls(**{**entry, "settings": settings})
 
 
 @dataclass
@@ -84,7 +88,7 @@ def stable_id(values: dict[str, str]) -> str:
 
 
 def _convert(column: str, text: str) -> int | float:
-    kind = int if column in INT_FIELDS else float
+    kind = NUMBER_COLUMNS[column]
     try:
         value = kind(text)
     except ValueError:
@@ -118,10 +122,10 @@ def read_records(path: Path) -> tuple[list[str], list[list[str]]]:
     return header, records[1:]
 
 
-def parse_manifest(path: str | Path, defaults: GenerationParams, model: ModelSpec, base_seed: int = 0) -> Manifest:
-    """Validate every row against the defaults and `model`; collect every problem with its row and column."""
+def parse_manifest(path: str | Path, defaults: ParamRequest, model: ModelCard, base_seed: int = 0) -> Manifest:
+    """Validate every row against the run's defaults and `model`; collect every problem with its row and column."""
     path = Path(path)
-    raise_problems(defaults.problems(model), where=f"invalid defaults for {path}: ")
+    raise_problems(model.check(defaults)[1], where=f"invalid defaults for {path}: ")
     header, records = read_records(path)
     unknown = [name for name in header if name not in COLUMNS]
     manifest = Manifest(rows=[], rejected={}, total_rows=len(records))
@@ -139,14 +143,14 @@ def parse_manifest(path: str | Path, defaults: GenerationParams, model: ModelSpe
         prompt = values.get("prompt", "").strip()
         negative = values.get("negative_prompt", "").strip()
         settings: dict[str, Any] = {}
-        for column in (*INT_FIELDS, *FLOAT_FIELDS):
+        for column in NUMBER_COLUMNS:
             text = values.get(column, "").strip()
             if text:
                 try:
                     settings[column] = _convert(column, text)
                 except ValueError as error:
                     problems.append(Problem(number, column, str(error)))
-        request = {k: settings.pop(k) for k in ("seed", "videos_per_prompt") if k in settings}
+        request: dict[str, Any] = {k: settings.pop(k) for k in ("seed", "videos_per_prompt") if k in settings}
         problems += _blame(number, request_problems(prompt=prompt, negative_prompt=negative, **request), request)
         row_id = values.get("id", "").strip() or stable_id({k: v for k, v in values.items() if k in COLUMNS})
         if values.get("id", "").strip() and not ID_PATTERN.fullmatch(row_id):
@@ -155,9 +159,9 @@ def parse_manifest(path: str | Path, defaults: GenerationParams, model: ModelSpe
             )
         elif row_id in first_row_of:
             problems.append(Problem(number, "id", f"duplicate id {row_id!r} (first at row {first_row_of[row_id]})"))
-        params, param_problems = replace(defaults, **settings).check(model)
+        resolved, param_problems = model.check(ParamRequest(settings).merged(defaults))
         problems += _blame(number, param_problems, settings)
-        if problems:
+        if problems or resolved is None:
             manifest.rejected[number] = sorted(problems, key=lambda p: _COLUMN_ORDER.get(p.column, -1))
             manifest.rejected_ids[number] = values.get("id", "").strip()
             continue
@@ -166,12 +170,12 @@ def parse_manifest(path: str | Path, defaults: GenerationParams, model: ModelSpe
             manifest.warnings.append(Problem(number, "prompt", f"longer than {CLIP_TOKENS} CLIP tokens; truncated"))
         seed = request.get("seed", base_seed + number - 2)
         videos = request.get("videos_per_prompt", 1)
-        manifest.rows.append(ManifestRow(number, row_id, prompt, negative, seed, videos, params.as_dict()))
+        manifest.rows.append(ManifestRow(number, row_id, prompt, negative, seed, videos, resolved, model.family))
     return manifest
 
 
 # Problems of a row are listed in this order of columns (then unknown columns and extra fields first).
-_COLUMN_ORDER = {name: order for order, name in enumerate(("id", "prompt", *OVERRIDES_IN_PARAM_ORDER))}
+_COLUMN_ORDER = {name: order for order, name in enumerate(COLUMNS)}
 
 
 def _blame(number: int, problems: list[ParamProblem], given: dict[str, Any]) -> list[Problem]:

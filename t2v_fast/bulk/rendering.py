@@ -1,8 +1,10 @@
 """Bulk rendering of manifest rows: plain functions that the Prefect flows orchestrate, testable without Prefect.
 
-A row is done when each of its videos has an MP4 and a sidecar whose request (prompt, negative prompt, seed, every
-parameter) and model match; the sidecar is written last and atomically, so a done row is never half-written and
-re-running a night never renders it again.
+A row is done when each of its videos has an MP4 and a sidecar whose request and model match: the request is
+compared by its hash (`request_sha256`: prompt, negative prompt, seed, the parameters that differ from their
+defaults, input videos' hashes, under a format version), so a parameter added later, left at its default, leaves
+every earlier night's outputs done. The sidecar is written last and atomically, so a done row is never half-written
+and re-running a night never renders it again. Quality control is measured here, as each video is saved.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import collections
 import csv
 import errno
 import glob
+import hashlib
 import io
 import json
 import logging
@@ -29,6 +32,8 @@ from t2v_fast.bulk import qc
 from t2v_fast.bulk.claims import Claims, Holder
 from t2v_fast.bulk.manifest import Manifest, ManifestRow
 from t2v_fast.bulk.qc import QcThresholds
+from t2v_fast.core.families import family_named
+from t2v_fast.core.params import default_of, param_infos
 from t2v_fast.core.pipeline import VideoPipeline
 from t2v_fast.errors import NumericalError, UserError
 
@@ -40,6 +45,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, torc
 # Of those, what no retry tonight will change: the output folder is read-only or not ours to write.
 PERMANENT_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
 STATUSES = ("done", "skipped", "failed", "rejected")
+# The version of what `request_sha256` hashes; sidecars of another version (or of none: written before the hash) are
+# compared by hashing what they record.
+REQUEST_FORMAT = 1
 RESULT_COLUMNS = ("id", "row", "status", "reason", "seconds", "output", "attempts", "qc")
 
 
@@ -62,8 +70,66 @@ def output_paths(out_dir: Path, row: ManifestRow) -> list[Path]:
     return [out_dir / f"{row.id}-{k}.mp4" for k in range(row.videos_per_prompt)]
 
 
-def is_done(out_dir: Path, row: ManifestRow, model_id: str) -> bool:
-    """Every video of the row exists, with a sidecar recording this very request and model."""
+def request_sha256(
+    prompt: str,
+    negative_prompt: str,
+    seed: int,
+    params: dict[str, Any],
+    family: str,
+    inputs: dict[str, str] | None = None,
+) -> str:
+    """The hash of what determines one video: its prompts and seed, the resolved parameters that differ from the
+    family's defaults (derived ones, such as the native size, always count), and the content hash of each input
+    video. A parameter at its fixed or family default is left out, so adding one changes no earlier request's hash;
+    a value is taken as its parameter's type (a whole-number motion written as 4 by an earlier version is 4.0)."""
+    infos = {info.name: info for info in param_infos(family_named(family).params)}
+    defaults = family_named(family).defaults
+    changed = {}
+    for name, value in params.items():
+        info = infos.get(name)
+        if info is not None and info.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if value is not None and (info is None or value != default_of(info, defaults)):
+            changed[name] = value
+    payload = {
+        "format": REQUEST_FORMAT,
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "seed": seed,
+        "params": changed,
+        "inputs": inputs or {},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def row_request_sha256(row: ManifestRow, video: int) -> str:
+    return request_sha256(row.prompt, row.negative_prompt, row.seed + video, row.settings.as_dict(), row.family)
+
+
+def recorded_request_sha256(meta: dict[str, Any]) -> str | None:
+    """The hash of the request a sidecar records (its prompts, seed, parameters and input hashes), or None when it
+    records no readable request, or a hash of this format that disagrees with what it records (an edited sidecar).
+    A sidecar of another format, or written before the hash, is taken by what it records."""
+    recorded = meta.get("request", {})
+    try:
+        hashed = request_sha256(
+            meta["prompt"],
+            meta["negative_prompt"],
+            meta["seed"],
+            meta["params"],
+            meta["model"]["family"],
+            recorded.get("inputs", {}),
+        )
+    except (KeyError, TypeError, AttributeError, UserError):
+        return None
+    if recorded.get("format") == REQUEST_FORMAT and recorded.get("sha256") != hashed:
+        return None
+    return hashed
+
+
+def is_done(out_dir: Path, row: ManifestRow, model_id: str, weights_sha256: str = "") -> bool:
+    """Every video of the row exists, with a sidecar recording this very request and model (and these weights,
+    when both sides know them: a model described from configs alone does not yet)."""
     for k, path in enumerate(output_paths(out_dir, row)):
         sidecar = path.with_suffix(".json")
         if not (path.is_file() and sidecar.is_file()):
@@ -72,10 +138,12 @@ def is_done(out_dir: Path, row: ManifestRow, model_id: str) -> bool:
             meta = json.loads(sidecar.read_text())
         except (OSError, json.JSONDecodeError):
             return False
-        recorded = (meta.get("prompt"), meta.get("negative_prompt"), meta.get("seed"), meta.get("params"))
-        if recorded != (row.prompt, row.negative_prompt, row.seed + k, row.params):
+        if recorded_request_sha256(meta) != row_request_sha256(row, k):
             return False
-        if meta.get("model", {}).get("id") != model_id:
+        model = meta.get("model", {})
+        if model.get("id") != model_id:
+            return False
+        if weights_sha256 and model.get("weights_sha256") not in (None, weights_sha256):
             return False
     return True
 
@@ -84,7 +152,7 @@ def batch_groups(rows: Sequence[ManifestRow], max_videos: int) -> list[list[Mani
     """Rows that share every setting but prompt and seed can denoise as one UNet batch, up to `max_videos` videos."""
     groups: dict[str, list[list[ManifestRow]]] = {}
     for row in rows:
-        key = json.dumps([row.params, row.videos_per_prompt], sort_keys=True)
+        key = json.dumps([row.settings.as_dict(), row.videos_per_prompt], sort_keys=True)
         batches = groups.setdefault(key, [[]])
         if sum(r.videos_per_prompt for r in batches[-1]) + row.videos_per_prompt > max_videos and batches[-1]:
             batches.append([])
@@ -107,8 +175,8 @@ def _render(
             negative_prompt=[row.negative_prompt for row in rows],
             seed=seeds,
             videos_per_prompt=rows[0].videos_per_prompt,
+            settings=rows[0].settings,
             progress=False,
-            **rows[0].params,
         )
     )
     outputs = []
@@ -116,8 +184,10 @@ def _render(
         if not claims.holds(row.id):
             raise RuntimeError(f"row {row.row} ({row.id}) was taken over by another run (this one stalled)")
         paths, measured = output_paths(out_dir, row), []
-        for path in paths:
+        for k, path in enumerate(paths):
             video = next(videos)
+            video.metadata["request"] = {"format": REQUEST_FORMAT, "sha256": row_request_sha256(row, k), "inputs": {}}
+            video.metadata["qc"] = qc.measure(video.frames, thresholds)
             measured.append(video.metadata["qc"])
             try:
                 video.save(path)
@@ -151,25 +221,25 @@ def rendered_result(
 
 
 def _claim(
-    claims: Claims, out_dir: Path, row: ManifestRow, model_id: str, thresholds: QcThresholds
+    claims: Claims, out_dir: Path, row: ManifestRow, model: tuple[str, str], thresholds: QcThresholds
 ) -> RowResult | Holder | None:
     """Claim a row to render: None when it is ours to render, a result when another run rendered it, or the live
     holder that is rendering it now; a failed result when the claim cannot be written (a full or read-only disk)."""
     try:
         holder = claims.try_claim(row.id)
     except OSError as error:
-        if is_done(out_dir, row, model_id):  # nothing to write: what is rendered stays rendered
+        if is_done(out_dir, row, *model):  # nothing to write: what is rendered stays rendered
             return rendered_result(out_dir, row, "skipped", thresholds, "already rendered")
         reason = f"OSError: cannot write {claims.path(row.id)}: {error.strerror or error}"
         return RowResult(row.id, row.row, "failed", reason, attempts=1)
     if holder is None:
-        if not is_done(out_dir, row, model_id):
+        if not is_done(out_dir, row, *model):
             for path in remove_temporaries(out_dir, row):
                 logger.info("removed %s, left by an interrupted run", path.name)
             return None
         claims.release(row.id)  # another run finished it between our planning and our claim
         return rendered_result(out_dir, row, "skipped", thresholds, "rendered by another run")
-    if is_done(out_dir, row, model_id):
+    if is_done(out_dir, row, *model):
         return rendered_result(out_dir, row, "skipped", thresholds, f"rendered by {holder.describe()}")
     return holder
 
@@ -195,7 +265,7 @@ def render_rows(
     out_dir.mkdir(parents=True, exist_ok=True)
     own_claims = claims is None
     claims = claims or Claims(out_dir, run=f"t2v-fast batch, pid {os.getpid()}")
-    model_id = pipeline.backend.info.model_id
+    model = (pipeline.card.model_id, pipeline.card.weights_sha256)  # the weights are known now: they count
     thresholds = qc_thresholds or QcThresholds()
     results: list[RowResult] = []
 
@@ -206,9 +276,10 @@ def render_rows(
             on_result(result)
 
     def claim_all(candidates: Sequence[ManifestRow]) -> tuple[list[ManifestRow], list[ManifestRow]]:
-        mine, held = [], []
+        mine: list[ManifestRow] = []
+        held: list[ManifestRow] = []
         for row in candidates:
-            outcome = _claim(claims, out_dir, row, model_id, thresholds)
+            outcome = _claim(claims, out_dir, row, model, thresholds)
             if isinstance(outcome, RowResult):
                 finish(outcome)
             else:
@@ -255,7 +326,8 @@ def _render_group(
                 finish(replace(done, qc=verdict))
             return
     for row in group:
-        if len(group) > 1 and is_done(out_dir, row, pipeline.backend.info.model_id):  # saved before the failure
+        saved_before = is_done(out_dir, row, pipeline.card.model_id, pipeline.card.weights_sha256)
+        if len(group) > 1 and saved_before:  # saved before the failure
             saved = rendered_result(out_dir, row, "done", thresholds)
             finish(replace(saved, seconds=round(time.perf_counter() - started, 3), attempts=1))
             continue
@@ -320,12 +392,16 @@ def write_reports(out_dir: Path, manifest: Manifest, results: Sequence[RowResult
 
 
 def split_done(
-    rows: Sequence[ManifestRow], out_dir: Path, model_id: str, thresholds: QcThresholds | None = None
+    rows: Sequence[ManifestRow],
+    out_dir: Path,
+    model_id: str,
+    weights_sha256: str = "",
+    thresholds: QcThresholds | None = None,
 ) -> tuple[list[ManifestRow], list[RowResult]]:
     """The rows still to render, and a `skipped` result (with its recorded QC) for each row already rendered."""
     todo, skipped = [], []
     for row in rows:
-        if is_done(out_dir, row, model_id):
+        if is_done(out_dir, row, model_id, weights_sha256):
             skipped.append(rendered_result(out_dir, row, "skipped", thresholds or QcThresholds(), "already rendered"))
         else:
             todo.append(row)

@@ -13,12 +13,13 @@ import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from t2v_fast.atomic import atomic_path
-from t2v_fast.core.models import ModelInfo
+from t2v_fast.core.families import FAMILIES, TASKS, TEXT_TO_VIDEO
+from t2v_fast.core.models import ModelCard
 from t2v_fast.core.networks import COMPONENTS
 from t2v_fast.errors import UserError
 
@@ -121,7 +122,7 @@ class EngineDir:
         path: Path,
         model_id: str,
         weights_sha256: str,
-        info: ModelInfo,
+        card: ModelCard,
         settings: ExportSettings,
         components: dict[str, dict[str, Any]],
         **extra: Any,
@@ -129,7 +130,7 @@ class EngineDir:
         manifest = {
             "format_version": FORMAT_VERSION,
             "source": {"model_id": model_id, "weights_sha256": weights_sha256},
-            "model_info": asdict(info),
+            "model_info": card.to_json(),
             "export": asdict(settings),
             "components": components,
             "engines": {},
@@ -158,9 +159,16 @@ class EngineDir:
         _require(source, "model_id", str, f"{where} source")
         _require(source, "weights_sha256", str, f"{where} source")
         model_info = _require(manifest, "model_info", dict, where)
-        missing = sorted({f.name for f in fields(ModelInfo)} - set(model_info))
+        required = {f.name for f in fields(ModelCard) if f.default is MISSING}
+        missing = sorted(required - set(model_info))
         if missing:
             raise UserError(f"{where}: model_info lacks {', '.join(missing)} (an older export?); export again")
+        for key, known in (("family", FAMILIES), ("task", TASKS)):
+            if model_info.get(key, TEXT_TO_VIDEO.name) not in known:
+                raise UserError(
+                    f"{where}: model_info {key} {model_info[key]!r} is not one this version runs"
+                    f" ({', '.join(known)}); a later version exported it"
+                )
         _require(manifest, "export", dict, where)
         components = _require(manifest, "components", dict, where)
         for name in COMPONENTS:
@@ -186,8 +194,10 @@ class EngineDir:
         return self.manifest["source"]["weights_sha256"]
 
     @property
-    def info(self) -> ModelInfo:
-        return ModelInfo(**self.manifest["model_info"])
+    def card(self) -> ModelCard:
+        """The model card recorded at export (the scheduler and tokenizer are the folder's: `loading` attaches
+        them)."""
+        return ModelCard.from_json(self.manifest["model_info"])
 
     @property
     def export_settings(self) -> ExportSettings:

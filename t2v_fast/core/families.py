@@ -1,12 +1,15 @@
-"""The model families t2v-fast runs, as data: what identifies each, its defaults, and the parameters only it takes.
+"""The model families and the tasks t2v-fast runs, as data: what identifies each, its defaults and parameters.
 
-- `text2video-zero`: a Stable Diffusion 1.x image UNet (`UNet2DConditionModel`) made temporal without training, by
-  motion in the latent codes and cross-frame attention.
-- `modelscope`: ModelScope text-to-video 1.7B, a video UNet (`UNet3DConditionModel`, temporal convolutions and
-  attention) trained on video; diffusers' `TextToVideoSDPipeline` is its reference.
+- Families: `text2video-zero`, a Stable Diffusion 1.x image UNet (`UNet2DConditionModel`) made temporal without
+  training, by motion in the latent codes and cross-frame attention; `modelscope`, ModelScope text-to-video 1.7B, a
+  video UNet (`UNet3DConditionModel`) trained on video, whose reference is diffusers' `TextToVideoSDPipeline`.
+- Tasks, beside the family: what a run makes from what — the networks it needs, the input videos it takes and its
+  guidance. Today one, `text-to-video`; guided video (ControlNet) and video editing (Instruct-Pix2Pix) are rows to
+  come, and a checkpoint shaped for them is refused, saying so, rather than run as something else.
 
-A model's family follows from its UNet's class, so a folder, a hub id, a preset and an engine directory all say
-which family they are without a flag. This module imports nothing heavy: the command line reads it for `--help`.
+A model's family and task follow from its `model_index.json` and component configs (`identify`), so a folder, a hub
+id, a preset and an engine directory say what they are without a flag. This module imports nothing heavy: the
+command line reads it (and the parameter metadata) for `--help`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from t2v_fast.core.params import CommonParams, ParamInfo, param_infos
 from t2v_fast.errors import UserError
+from t2v_fast.families.text2video_zero.params import TextToVideoZeroParams
 
 
 @dataclass(frozen=True)
@@ -24,8 +29,18 @@ class Family:
     title: str
     unet_class: str  # diffusers class of the UNet, as written in its config.json
     pipeline_class: str  # diffusers pipeline class written to model_index.json when saving
-    defaults: Mapping[str, Any]  # generation parameters that differ from family to family
-    own_params: tuple[str, ...]  # parameters only this family takes; any other family refuses them
+    defaults: Mapping[str, Any]  # parameters whose default differs from family to family
+    params: type[CommonParams]  # the family's settings: the common parameters and its own
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    title: str
+    networks: tuple[str, ...]  # the exported networks it runs (`t2v_fast.core.networks.NETWORKS` rows)
+    input_videos: tuple[str, ...]  # videos a request gives besides the prompt (none for text-to-video)
+    guidance: str  # "two-way" (classifier-free) or "three-way" (Instruct-Pix2Pix's)
+    unet_inputs_per_latent: int  # the UNet's input channels per VAE latent channel: 1, or 2 with an image's latents
 
 
 TEXT2VIDEO_ZERO = Family(
@@ -34,7 +49,7 @@ TEXT2VIDEO_ZERO = Family(
     unet_class="UNet2DConditionModel",
     pipeline_class="StableDiffusionPipeline",
     defaults={"frames": 8, "guidance": 7.5, "fps": 4.0, "motion_x": 12.0, "motion_y": 12.0},
-    own_params=("motion_x", "motion_y", "t0", "t1", "chunk_size"),
+    params=TextToVideoZeroParams,
 )
 MODELSCOPE = Family(
     name="modelscope",
@@ -43,17 +58,37 @@ MODELSCOPE = Family(
     pipeline_class="TextToVideoSDPipeline",
     # The reference's defaults: 16 frames at 8 frames per second is its 2-second clip, guidance 9.0.
     defaults={"frames": 16, "guidance": 9.0, "fps": 8.0},
-    own_params=(),
+    params=CommonParams,
+)
+TEXT_TO_VIDEO = Task(
+    name="text-to-video",
+    title="text to video",
+    networks=("text_encoder", "unet", "vae_decoder"),
+    input_videos=(),
+    guidance="two-way",
+    unet_inputs_per_latent=1,
 )
 FAMILIES = {family.name: family for family in (TEXT2VIDEO_ZERO, MODELSCOPE)}
-# Parameters some family does not take, with the family that does (for error messages).
-FAMILY_PARAMS = {param: family for family in FAMILIES.values() for param in family.own_params}
+TASKS = {task.name: task for task in (TEXT_TO_VIDEO,)}
+# Checkpoints shaped for a task not written yet, by what gives them away, with what to say.
+NOT_YET = {
+    "controlnet": "a ControlNet model (guided video), which t2v-fast does not run yet",
+    "StableDiffusionInstructPix2PixPipeline": (
+        "an Instruct-Pix2Pix model (video editing), which t2v-fast does not run yet"
+    ),
+}
 
 
 def family_named(name: str) -> Family:
     if name not in FAMILIES:
         raise UserError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}")
     return FAMILIES[name]
+
+
+def task_named(name: str) -> Task:
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    return TASKS[name]
 
 
 def family_of_unet(unet_config: Mapping[str, Any]) -> Family:
@@ -65,10 +100,43 @@ def family_of_unet(unet_config: Mapping[str, Any]) -> Family:
     raise UserError(f"unsupported UNet class {unet_class!r}; t2v-fast runs {', '.join(FAMILIES)} models")
 
 
-def takes(family: Family, param: str) -> bool:
-    """Whether `family` takes `param`: every shared parameter, and its own."""
-    owner = FAMILY_PARAMS.get(param)
-    return owner is None or owner is family
+def identify(
+    model: str, model_index: Mapping[str, Any], unet_config: Mapping[str, Any], vae_config: Mapping[str, Any]
+) -> tuple[Family, Task]:
+    """The family and task of a checkpoint, from its `model_index.json` and its UNet's and VAE's configs.
+
+    The UNet's input channels tell the task apart where the classes do not: Instruct-Pix2Pix is a
+    `UNet2DConditionModel` too, but takes the video's latents beside the noise (8 channels for a 4-channel VAE)."""
+    for key, what in NOT_YET.items():
+        if key in model_index or model_index.get("_class_name") == key:
+            raise UserError(f"{model!r} is {what}")
+    family = family_of_unet(unet_config)
+    latent = vae_config.get("latent_channels", 4)
+    inputs = unet_config.get("in_channels", 4)
+    for task in TASKS.values():
+        if inputs == latent * task.unet_inputs_per_latent:
+            return family, task
+    if inputs == 2 * latent:
+        raise UserError(
+            f"{model!r} has a UNet taking {inputs} input channels, twice the VAE's {latent} latent channels:"
+            f" {NOT_YET['StableDiffusionInstructPix2PixPipeline']}"
+        )
+    raise UserError(f"{model!r} has a UNet taking {inputs} input channels, but its VAE gives {latent}")
+
+
+def param_owners() -> dict[str, str]:
+    """Every parameter some family takes but not all, with the title of the family that takes it."""
+    return {info.name: info.owner for info in all_params() if info.owner}
+
+
+def all_params() -> tuple[ParamInfo, ...]:
+    """Every parameter of every family, common ones first, each once, with its owner: for the command line, the
+    manifest columns and the web app."""
+    found: dict[str, ParamInfo] = {}
+    for family in FAMILIES.values():
+        for info in param_infos(family.params, family.title):
+            found.setdefault(info.name, info)
+    return tuple(found.values())
 
 
 def defaults_by_family(param: str) -> str:

@@ -6,21 +6,62 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, SchedulerMixin
+
+# From their own modules: for a type checker, diffusers' top-level names are placeholder classes (its
+# `utils.dummy_pt_objects`, what it exports without torch), not these.
+from diffusers.models import AutoencoderKL
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from t2v_fast.core.choices import DTYPE_NAMES
-from t2v_fast.core.families import TEXT2VIDEO_ZERO, Family, family_named, family_of_unet
+from t2v_fast.core.families import (
+    TEXT2VIDEO_ZERO,
+    TEXT_TO_VIDEO,
+    Family,
+    Task,
+    family_named,
+    family_of_unet,
+    identify,
+    param_owners,
+    task_named,
+)
+from t2v_fast.core.params import CommonParams, ParamProblem, ParamRequest, raise_problems, resolve
 from t2v_fast.core.presets import PRESETS, build_random_components
 from t2v_fast.errors import UserError
 
+if TYPE_CHECKING:
+    from diffusers.models import UNet2DConditionModel, UNet3DConditionModel
+
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+
+
+class Scheduler(Protocol):
+    """A diffusers scheduler as t2v-fast uses one. Every diffusers scheduler has these, but no diffusers base class
+    declares them (`SchedulerMixin` has neither the config nor the stepping), so they are spelled out here."""
+
+    timesteps: torch.Tensor  # after `set_timesteps`
+    init_noise_sigma: float
+
+    @property
+    def config(self) -> Mapping[str, Any]: ...
+
+    @classmethod
+    def from_config(cls, config: Any, **kwargs: Any) -> Any: ...
+
+    def set_timesteps(self, num_inference_steps: int) -> None: ...
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any) -> torch.Tensor: ...
+
+    def step(self, *args: Any, **kwargs: Any) -> Any: ...  # each scheduler's own options (e.g. `generator`)
+
+    def save_pretrained(self, save_directory: Path) -> None: ...
 
 
 @dataclass
@@ -30,83 +71,128 @@ class ModelComponents:
     model_id: str
     tokenizer: CLIPTokenizer
     text_encoder: CLIPTextModel
-    unet: torch.nn.Module  # UNet2DConditionModel or UNet3DConditionModel, by family
+    unet: UNet2DConditionModel | UNet3DConditionModel  # by family
     vae: AutoencoderKL
-    scheduler: SchedulerMixin
+    scheduler: Scheduler
     weights_sha256: str
 
     @property
-    def family(self) -> Family:
-        return family_of_unet({"_class_name": type(self.unet).__name__})
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return vae_scale_factor(self.vae.config)
-
-    @property
-    def native_size(self) -> int:
-        return self.unet.config.sample_size * self.vae_scale_factor
+    def card(self) -> ModelCard:
+        return ModelCard.from_components(self)
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """What the pipeline needs to know about the networks behind a backend."""
+class ModelCard:
+    """The one description of a model: what validating a request, the pipelines, the exported networks and
+    `engine.json` (its `model_info`, written by `to_json`) need to know, known from the configs without weights.
+
+    `scheduler` and `tokenizer`, when attached, are the model's own (the t0/t1 rule and the prompt-length warning
+    need them); they are not part of the serialised card. `weights_sha256` is known once the weights are loaded (an
+    engine directory records it); a card described from configs alone has it empty."""
 
     model_id: str
-    weights_sha256: str
+    family: str
     latent_channels: int
     vae_scale_factor: int
     native_size: int
     text_max_length: int
     text_dim: int
-    size_multiple: int
-    family: str
+    task: str = TEXT_TO_VIDEO.name  # engine directories exported before tasks existed are text-to-video
+    weights_sha256: str = ""
+    scheduler: Any = field(default=None, compare=False, repr=False)
+    tokenizer: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_components(cls, components: ModelComponents) -> ModelInfo:
+    def from_configs(
+        cls,
+        model_id: str,
+        model_index: Mapping[str, Any],
+        configs: Mapping[str, Mapping[str, Any]],
+        scheduler: Scheduler | None,
+        tokenizer: CLIPTokenizer,
+        weights_sha256: str = "",
+    ) -> ModelCard:
+        """From `model_index.json` and the `unet`, `vae` and `text_encoder` configs; refuses a family or task
+        t2v-fast does not run (`t2v_fast.core.families.identify`)."""
+        family, task = identify(model_id, model_index, configs["unet"], configs["vae"])
+        scale = vae_scale_factor(configs["vae"])
         return cls(
-            model_id=components.model_id,
-            weights_sha256=components.weights_sha256,
-            latent_channels=components.unet.config.in_channels,
-            vae_scale_factor=components.vae_scale_factor,
-            native_size=components.native_size,
-            text_max_length=components.tokenizer.model_max_length,
-            text_dim=components.text_encoder.config.hidden_size,
-            size_multiple=components.vae_scale_factor,
-            family=components.family.name,
+            model_id=model_id,
+            family=family.name,
+            latent_channels=configs["unet"].get("in_channels", 4) // task.unet_inputs_per_latent,
+            vae_scale_factor=scale,
+            native_size=configs["unet"]["sample_size"] * scale,
+            text_max_length=tokenizer.model_max_length,
+            text_dim=configs["text_encoder"]["hidden_size"],
+            task=task.name,
+            weights_sha256=weights_sha256,
+            scheduler=scheduler,
+            tokenizer=tokenizer,
         )
+
+    @classmethod
+    def from_components(cls, components: ModelComponents) -> ModelCard:
+        configs = {
+            "unet": {**components.unet.config, "_class_name": type(components.unet).__name__},
+            "vae": dict(components.vae.config),
+            "text_encoder": components.text_encoder.config.to_dict(),
+        }
+        model_index = {"_class_name": family_of_unet(configs["unet"]).pipeline_class}
+        return cls.from_configs(
+            components.model_id,
+            model_index,
+            configs,
+            components.scheduler,
+            components.tokenizer,
+            components.weights_sha256,
+        )
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any], scheduler: Any = None, tokenizer: Any = None) -> ModelCard:
+        """A card from `to_json`'s object; keys an earlier version wrote and this one dropped are ignored."""
+        known = {f.name for f in fields(cls)} - {"scheduler", "tokenizer"}
+        return cls(**{k: v for k, v in entry.items() if k in known}, scheduler=scheduler, tokenizer=tokenizer)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("scheduler", "tokenizer")}
+
+    def with_runtime(self, scheduler: Any, tokenizer: Any) -> ModelCard:
+        return replace(self, scheduler=scheduler, tokenizer=tokenizer)
+
+    @property
+    def family_record(self) -> Family:
+        return family_named(self.family)
+
+    @property
+    def task_record(self) -> Task:
+        return task_named(self.task)
+
+    @property
+    def size_multiple(self) -> int:
+        """Heights and widths are multiples of one latent pixel..."""
+        return self.vae_scale_factor
+
+    @property
+    def min_size(self) -> int:
+        """... and at least two."""
+        return 2 * self.vae_scale_factor
+
+    def check(self, request: ParamRequest) -> tuple[CommonParams | None, list[ParamProblem]]:
+        """The request's settings for this model, or None and every problem."""
+        family = self.family_record
+        return resolve(request, self, family.params, family.defaults, param_owners(), family.title)
+
+    def resolve(self, request: ParamRequest) -> CommonParams:
+        """The request's settings for this model; a `UserError` names every problem."""
+        settings, problems = self.check(request)
+        raise_problems(problems)
+        assert settings is not None
+        return settings
 
 
 def vae_scale_factor(vae_config: Any) -> int:
     """Pixels per latent along each axis: the VAE halves the size at every block but the last."""
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What validating a request needs, known without loading weights: the model's size rule and schedule."""
-
-    model_id: str
-    native_size: int
-    size_multiple: int  # heights and widths are multiples of this: one latent pixel
-    min_size: int  # and at least this: two latent pixels
-    scheduler: SchedulerMixin
-    tokenizer: CLIPTokenizer
-    family: Family = TEXT2VIDEO_ZERO
-
-    @classmethod
-    def from_configs(
-        cls, model_id: str, unet: Any, vae: Any, scheduler: SchedulerMixin, tokenizer: CLIPTokenizer
-    ) -> ModelSpec:
-        scale = vae_scale_factor(vae)
-        family = family_of_unet(unet)
-        return cls(model_id, unet["sample_size"] * scale, scale, 2 * scale, scheduler, tokenizer, family)
-
-    @classmethod
-    def from_info(cls, info: ModelInfo, scheduler: SchedulerMixin, tokenizer: CLIPTokenizer) -> ModelSpec:
-        min_size = max(info.size_multiple, 2 * info.vae_scale_factor)
-        family = family_named(info.family)
-        return cls(info.model_id, info.native_size, info.size_multiple, min_size, scheduler, tokenizer, family)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -177,14 +263,16 @@ def resolve_folder(model: str) -> Path:
     return folder
 
 
-def scheduler_from_config(config: dict[str, Any], family: Family) -> SchedulerMixin:
+def scheduler_from_config(config: dict[str, Any], family: Family) -> Scheduler:
     """The scheduler a family runs: Text2Video-Zero is defined with DDIM (checkpoints often ship PNDM, whose config
     DDIM accepts); ModelScope runs the checkpoint's own scheduler, as its reference does."""
     name = config.get("_class_name", "DDIMScheduler") if family is not TEXT2VIDEO_ZERO else "DDIMScheduler"
     scheduler_class = getattr(diffusers, name, None)
     if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
         raise UserError(f"unknown scheduler class {name!r} in the model's scheduler config")
-    return scheduler_class.from_config(config)
+    # Every scheduler class mixes in `ConfigMixin` (`from_config`) beside `SchedulerMixin`, which does not declare it.
+    scheduler: Scheduler = scheduler_class.from_config(config)  # type: ignore[attr-defined]
+    return scheduler
 
 
 def read_config(folder: Path, component: str) -> dict[str, Any]:
@@ -196,9 +284,18 @@ def read_config(folder: Path, component: str) -> dict[str, Any]:
         raise UserError(f"cannot read {path}: {error}") from None
 
 
+def read_model_index(folder: Path) -> dict[str, Any]:
+    path = folder / "model_index.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+
+
 def _load_pretrained(model: str) -> dict[str, Any]:
     folder = resolve_folder(model)
-    family = family_of_unet(read_config(folder, "unet"))
+    configs = {name: read_config(folder, name) for name in ("unet", "vae")}
+    family, _ = identify(model, read_model_index(folder), configs["unet"], configs["vae"])
     try:
         return {
             "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),
@@ -236,8 +333,8 @@ def save_components(components: ModelComponents, folder: str | Path) -> Path:
     components.unet.save_pretrained(folder / "unet")
     components.vae.save_pretrained(folder / "vae")
     components.scheduler.save_pretrained(folder / "scheduler")
-    family = components.family
-    model_index = {
+    family = components.card.family_record
+    model_index: dict[str, Any] = {
         "_class_name": family.pipeline_class,
         "_diffusers_version": diffusers.__version__,
         "scheduler": ["diffusers", type(components.scheduler).__name__],

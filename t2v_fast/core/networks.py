@@ -12,15 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from t2v_fast.attention_plugin import VideoUNet
 from t2v_fast.core.families import MODELSCOPE, TEXT2VIDEO_ZERO
-from t2v_fast.core.models import ModelComponents, ModelInfo
+from t2v_fast.core.models import ModelCard, ModelComponents
 from t2v_fast.families.modelscope.unet3d import VideoUNet3D
+
+if TYPE_CHECKING:
+    from diffusers.models import AutoencoderKL
 
 # VAE images decoded per call: the pipeline's default, and the largest image batch an engine is built for.
 DECODE_BATCH_SIZE = 8
@@ -58,12 +61,12 @@ class TextEncoder(nn.Module):
 class VaeDecoder(nn.Module):
     """VAE decoder taking the denoiser's latents, so the scaling factor is part of the exported graph too."""
 
-    def __init__(self, vae: nn.Module):
+    def __init__(self, vae: AutoencoderKL):
         super().__init__()
         self.vae = vae
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        return self.vae.decode(latents / self.vae.config["scaling_factor"], return_dict=False)[0]
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class NetworkSpec:
                 made[spec.name] = torch.randn(shape, generator=generator, dtype=dtype)
         return made
 
-    def output_shape(self, shapes: dict[str, tuple[int, ...]], info: ModelInfo) -> list[int]:
+    def output_shape(self, shapes: dict[str, tuple[int, ...]], info: ModelCard) -> list[int]:
         """The output's shape for these input shapes: every symbol read off the inputs, pixels from latents."""
         values = model_dims(info)
         for spec in self.inputs:
@@ -136,12 +139,12 @@ class NetworkSpec:
         return {spec.name: [spec.resolve(low), spec.resolve(opt), spec.resolve(high)] for spec in self.inputs}
 
 
-def model_dims(info: ModelInfo) -> dict[str, int]:
+def model_dims(info: ModelCard) -> dict[str, int]:
     """The fixed symbols: facts of the model."""
     return {"tokens": info.text_max_length, "text_dim": info.text_dim, "channels": info.latent_channels}
 
 
-def dims(info: ModelInfo, *, videos: int, frames: int, height: int, width: int, images: int) -> dict[str, int]:
+def dims(info: ModelCard, *, videos: int, frames: int, height: int, width: int, images: int) -> dict[str, int]:
     """Every symbol's value for a UNet batch of `videos` (guidance included) of `frames` frames, `height`×`width`
     pixels, `images` VAE images per call; the text batch equals the UNet batch."""
     scale = info.vae_scale_factor
@@ -157,7 +160,8 @@ def dims(info: ModelInfo, *, videos: int, frames: int, height: int, width: int, 
 
 
 # Each family's UNet as a video model with the one interface below: `(videos, frames, C, h, w)` in and out.
-VIDEO_UNETS: dict[str, Callable[[nn.Module], nn.Module]] = {
+# Each takes its family's UNet (`ModelComponents.unet`: UNet2DConditionModel or UNet3DConditionModel).
+VIDEO_UNETS: dict[str, Callable[[Any], nn.Module]] = {
     TEXT2VIDEO_ZERO.name: VideoUNet,
     MODELSCOPE.name: VideoUNet3D,
 }
@@ -172,7 +176,7 @@ NETWORKS: dict[str, NetworkSpec] = {
     ),
     "unet": NetworkSpec(
         name="unet",
-        build=lambda c: VIDEO_UNETS[c.family.name](c.unet),
+        build=lambda c: VIDEO_UNETS[c.card.family](c.unet),
         config=lambda c: dict(c.unet.config),
         inputs=(
             TensorSpec("sample", ("videos", "frames", "channels", "latent_height", "latent_width")),

@@ -1,28 +1,31 @@
-"""Generation parameters and every rule about their values, in one place.
+"""Generation parameters: declared once, as dataclass fields with metadata, and every rule about their values.
 
-`GenerationParams.problems(model)` collects every violation (the manifest reports them all, with row and column);
-`resolve(model)` raises them as one `UserError` or returns the parameters with every default filled in.
-`request_problems` holds the rules for what is not a generation parameter but belongs to one video request: the
-prompt, the negative prompt, the seed and the number of videos per prompt. The API, the command line, manifests and
-the flows all go through these two functions.
+A parameter is a field made by `param(...)`: its type, range, help text, label and default (a fixed value, the
+model family's, or derived from the model and the other parameters) live in its metadata, and the command line, the
+manifest columns, the web app's fields and the "already rendered" hash are generated from it. `CommonParams` holds
+what every family takes; a family or a task adds its own in a subclass (`t2v_fast.families.<family>.params`), which
+may also derive defaults and check rules across fields in `derive`.
+
+Two types, not one: a `ParamRequest` is what the user set (a name -> value mapping, nothing filled in); resolving it
+for a model (`resolve`) gives the family's settings class with every default filled, or every problem at once.
+`request_problems` holds the rules for a request's own values (prompt, negative prompt, seed, videos per prompt).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from t2v_fast.core.families import FAMILY_PARAMS, takes
-from t2v_fast.core.schedule import DEFAULT_STEPS, MIN_STEPS, resolve_t0_t1
 from t2v_fast.errors import UserError
 
 if TYPE_CHECKING:
-    from t2v_fast.core.models import ModelSpec
+    from t2v_fast.core.models import ModelCard
 
 MAX_SEED = 2**63 - 1
-MIN_CHUNK_SIZE = 2
+DEFAULT_STEPS = 50
+MIN_STEPS = 2
 
 
 @dataclass(frozen=True)
@@ -37,91 +40,166 @@ class ParamProblem:
 
 
 @dataclass(frozen=True)
-class GenerationParams:
-    """Every per-video setting; None means the model's default. `height`/`width` default to the model's native size,
-    frames, guidance, fps and motion to its family's (`t2v_fast.core.families`), t0/t1 follow `schedule`. Motion, t0, t1
-    and chunk_size are Text2Video-Zero's: a family that does not take them refuses them and resolves them to None."""
+class ParamInfo:
+    """What one parameter is, for every surface that shows or checks it (command line, manifest, web app)."""
 
-    frames: int | None = None
-    steps: int = DEFAULT_STEPS
-    guidance: float | None = None
-    height: int | None = None
-    width: int | None = None
-    motion_x: float | None = None
-    motion_y: float | None = None
-    t0: int | None = None
-    t1: int | None = None
-    chunk_size: int | None = None
-    fps: float | None = None
-
-    def problems(self, model: ModelSpec) -> list[ParamProblem]:
-        """Every rule these parameters break for `model`, in field order; empty when they are valid."""
-        return self.check(model)[1]
-
-    def resolve(self, model: ModelSpec) -> GenerationParams:
-        """Validate everything and fill every default, so the result fully describes the video."""
-        resolved, problems = self.check(model)
-        raise_problems(problems)
-        return resolved
-
-    def check(self, model: ModelSpec) -> tuple[GenerationParams, list[ParamProblem]]:
-        """The resolved parameters and no problems, or these parameters unchanged and every problem."""
-        family = model.family
-        given = {name: value for name, value in asdict(self).items() if value is not None}
-        values = {**family.defaults, "height": model.native_size, "width": model.native_size, **given}
-        problems = [
-            *_integer("frames", values["frames"], minimum=1),
-            *_integer("steps", self.steps, minimum=MIN_STEPS),
-            *_number("guidance", values["guidance"], minimum=0.0),
-            *_size("height", values["height"], model.size_multiple, model.min_size),
-            *_size("width", values["width"], model.size_multiple, model.min_size),
-        ]
-        for name in sorted(set(given) & set(FAMILY_PARAMS), key=self.names().index):
-            if not takes(family, name):
-                owner = FAMILY_PARAMS[name].title
-                problems.append(
-                    ParamProblem((name,), f"{name} is a {owner} parameter; {family.title} models do not take it")
-                )
-        if takes(family, "motion_x"):
-            problems += [*_number("motion_x", values["motion_x"]), *_number("motion_y", values["motion_y"])]
-        if takes(family, "t0"):
-            problems += self._t0_t1_problems(model, values, problems)
-        if takes(family, "chunk_size") and self.chunk_size is not None:
-            problems += _integer("chunk_size", self.chunk_size, minimum=MIN_CHUNK_SIZE)
-        problems += _number("fps", values["fps"], minimum=0.0, exclusive=True)
-        if problems:
-            return self, problems
-        values |= {"guidance": float(values["guidance"]), "fps": float(values["fps"])}
-        return replace(self, **{name: values.get(name) for name in self.names()}), []
-
-    def _t0_t1_problems(
-        self, model: ModelSpec, values: dict[str, Any], problems: list[ParamProblem]
-    ) -> list[ParamProblem]:
-        """Check given t0/t1 and derive missing ones into `values` (Text2Video-Zero's motion start and re-noising)."""
-        found = []
-        step_count_ok = not any("steps" in p.fields for p in problems)
-        for name in ("t0", "t1"):
-            value = getattr(self, name)
-            if value is not None:
-                maximum = self.steps - 1 if step_count_ok else None
-                found += _integer(name, value, minimum=0, maximum=maximum, maximum_name="steps-1")
-        if step_count_ok and not found:
-            try:
-                values["t0"], values["t1"] = resolve_t0_t1(model.scheduler, self.steps, self.t0, self.t1)
-            except UserError as error:
-                found.append(ParamProblem(("t0", "t1", "steps"), str(error)))
-        return found
+    name: str
+    kind: type  # int or float
+    help: str
+    label: str  # the web app's field label
+    minimum: float | None = None
+    exclusive: bool = False  # the minimum itself is refused
+    size: bool = False  # a pixel size: a multiple of the model's latent pixel, at least two latent pixels
+    family_default: bool = False  # the default is the model family's (`Family.defaults`)
+    derived: str = ""  # how the default is derived when none is set, for help texts ("" when fixed)
+    default: Any = None  # the fixed default, if any
+    owner: str = ""  # the family or task whose parameter it is ("" for common ones), set by `param_infos`
 
     @property
-    def uses_guidance(self) -> bool:
-        return self.guidance > 1.0
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def default_text(self, by_family: str) -> str:
+        """The default, in words, for help texts: `by_family` says a family default ("8 for Text2Video-Zero, ...")."""
+        if self.family_default:
+            return by_family
+        return self.derived if self.default is None else f"{self.default:g}"
+
+    def problems(self, value: Any, card: ModelCard) -> list[ParamProblem]:
+        if self.kind is not int:
+            return number_problems(self.name, value, self.minimum, self.exclusive)
+        if not self.size:
+            return integer_problems(self.name, value, minimum=int(self.minimum if self.minimum is not None else 0))
+        found = integer_problems(self.name, value, minimum=card.min_size)
+        if not found and value % card.size_multiple:
+            found = [ParamProblem((self.name,), f"{self.name} must be a multiple of {card.size_multiple}, got {value}")]
+        return found
+
+
+def param(
+    kind: type,
+    help: str,
+    label: str,
+    *,
+    default: Any = None,
+    minimum: float | None = None,
+    exclusive: bool = False,
+    size: bool = False,
+    family_default: bool = False,
+    derived: str = "",
+) -> Any:
+    """A parameter field; see `ParamInfo`. The dataclass default is the fixed default (None when it has none)."""
+    info = ParamInfo("", kind, help, label, minimum, exclusive, size, family_default, derived, default)
+    return field(default=default, metadata={"param": info})
+
+
+Settings = TypeVar("Settings", bound="CommonParams")
+
+
+@dataclass(frozen=True)
+class CommonParams:
+    """What every family takes. The resolved settings of one video: every field holds its value, none is unset."""
+
+    frames: int = param(int, "frames per video", "Frames (video length)", minimum=1, family_default=True)
+    steps: int = param(int, "denoising steps", "Steps", default=DEFAULT_STEPS, minimum=MIN_STEPS)
+    guidance: float = param(
+        float, "classifier-free guidance scale (<= 1: off)", "Guidance scale", minimum=0.0, family_default=True
+    )
+    height: int = param(
+        int, "pixels, a multiple of the VAE's scale (8)", "Height", size=True, derived="the model's native size"
+    )
+    width: int = param(
+        int, "pixels, a multiple of the VAE's scale (8)", "Width", size=True, derived="the model's native size"
+    )
+    fps: float = param(
+        float, "frames per second of the MP4", "Frames per second", minimum=0.0, exclusive=True, family_default=True
+    )
+
+    # Fields that are optional even once resolved (None has a meaning of its own, e.g. "no chunking").
+    optional: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def derive(cls, values: dict[str, Any], card: ModelCard, problems: list[ParamProblem]) -> list[ParamProblem]:
+        """Fill the defaults derived from the model or from other fields into `values`, and check rules across
+        fields; `problems` are those already found (a derivation skips what they make meaningless)."""
+        values.setdefault("height", card.native_size)
+        values.setdefault("width", card.native_size)
+        return []
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+    def infos(cls) -> tuple[ParamInfo, ...]:
+        return param_infos(cls)
+
+
+def param_infos(settings: type[CommonParams], owner: str = "") -> tuple[ParamInfo, ...]:
+    """The parameters of a settings class, in declaration order; those it adds to `CommonParams` get `owner`."""
+    common = {f.name for f in fields(CommonParams)}
+    found = []
+    for f in fields(settings):
+        info: ParamInfo = f.metadata["param"]
+        found.append(
+            ParamInfo(**{**asdict(info), "name": f.name, "owner": "" if f.name in common else owner, "kind": info.kind})
+        )
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class ParamRequest:
+    """What the user set, by parameter name; nothing is filled in. Build it from any surface with `from_values`."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, **values: Any) -> ParamRequest:
+        """The values given (None means "not set", as for an omitted command-line option)."""
+        return cls({name: value for name, value in values.items() if value is not None})
+
+    def merged(self, other: ParamRequest) -> ParamRequest:
+        """These values over `other`'s (a manifest row's over the run's defaults)."""
+        return ParamRequest({**other.values, **self.values})
+
+
+def resolve(
+    request: ParamRequest,
+    card: ModelCard,
+    settings: type[Settings],
+    family_defaults: Mapping[str, Any],
+    owners: Mapping[str, str],
+    family_title: str,
+) -> tuple[Settings | None, list[ParamProblem]]:
+    """The request resolved into `settings` for `card`, or None and every problem, in field order.
+
+    `owners` names the family or task of every parameter some model takes, so that one this model does not take is
+    refused saying whose it is."""
+    infos = {info.name: info for info in param_infos(settings)}
+    problems = []
+    for name in request.values:
+        if name in infos:
+            continue
+        if name in owners:
+            message = f"{name} is a {owners[name]} parameter; {family_title} models do not take it"
+        else:
+            message = f"unknown parameter {name!r}"
+        problems.append(ParamProblem((name,), message))
+    given = {name: value for name, value in request.values.items() if name in infos}
+    values = {name: default_of(info, family_defaults) for name, info in infos.items()}
+    values = {name: value for name, value in values.items() if value is not None} | given
+    for name, info in infos.items():
+        if name in values:
+            problems += info.problems(values[name], card)
+    problems += settings.derive(values, card, problems)
+    if problems:
+        return None, problems
+    missing = [name for name in infos if values.get(name) is None and name not in settings.optional]
+    if missing:
+        raise AssertionError(f"{settings.__name__} left {missing} unresolved")
+    coerced: dict[str, Any] = {
+        name: float(v) if infos[name].kind is float and v is not None else v for name, v in values.items()
+    }
+    return settings(**coerced), []
 
 
 def raise_problems(problems: Sequence[ParamProblem], where: str = "") -> None:
@@ -152,13 +230,13 @@ def request_problems(
         kind = type(negative_prompt).__name__
         problems.append(ParamProblem(("negative_prompt",), f"negative_prompt must be a string, got {kind}"))
     if seed is not _NOT_GIVEN:
-        problems += _integer("seed", seed, minimum=0, maximum=MAX_SEED)
+        problems += integer_problems("seed", seed, minimum=0, maximum=MAX_SEED)
     if videos_per_prompt is not _NOT_GIVEN:
-        problems += _integer("videos_per_prompt", videos_per_prompt, minimum=1)
+        problems += integer_problems("videos_per_prompt", videos_per_prompt, minimum=1)
     return problems
 
 
-def _integer(
+def integer_problems(
     name: str, value: Any, minimum: int, maximum: int | None = None, maximum_name: str | None = None
 ) -> list[ParamProblem]:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -171,7 +249,7 @@ def _integer(
     return []
 
 
-def _number(name: str, value: Any, minimum: float | None = None, exclusive: bool = False) -> list[ParamProblem]:
+def number_problems(name: str, value: Any, minimum: float | None = None, exclusive: bool = False) -> list[ParamProblem]:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return [ParamProblem((name,), f"{name} must be a finite number, got {value!r}")]
     if minimum is not None and (value <= minimum if exclusive else value < minimum):
@@ -179,8 +257,6 @@ def _number(name: str, value: Any, minimum: float | None = None, exclusive: bool
     return []
 
 
-def _size(name: str, value: Any, multiple: int, minimum: int) -> list[ParamProblem]:
-    problems = _integer(name, value, minimum=minimum)
-    if not problems and value % multiple:
-        problems = [ParamProblem((name,), f"{name} must be a multiple of {multiple}, got {value}")]
-    return problems
+def default_of(info: ParamInfo, family_defaults: Mapping[str, Any]) -> Any:
+    """A parameter's default when nothing derives it: the family's, the fixed one, or None (derived)."""
+    return family_defaults.get(info.name) if info.family_default else info.default

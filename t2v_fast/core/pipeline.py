@@ -1,13 +1,15 @@
 """What every video pipeline does the same way, whatever its family and backend.
 
 A family's pipeline (`TextToVideoZeroPipeline`, `ModelScopePipeline`) differs only in `render`, the way it turns
-noise into latents; everything around it is here, written once: validating the parameters for the model, one request
-per video with the seed rule, encoding the prompts, classifier-free guidance around the backend's UNet, decoding in
-slices of frames, checks for overflow, and the sidecar metadata.
+noise into latents; everything around it is here, written once: resolving the parameters for the model, one request
+per video with the seed rule and its generator, encoding the prompts, the task's guidance around the backend's UNet
+(`t2v_fast.core.guidance`), decoding in slices of frames, checks for overflow, and the sidecar metadata. Quality
+control is not here: it is a night's work (`t2v_fast.bulk`), not part of making a video.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import secrets
 import time
@@ -15,20 +17,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-from diffusers import SchedulerMixin
 from tqdm.auto import tqdm
 from transformers import CLIPTokenizer
 
 from t2v_fast._version import __version__
-from t2v_fast.bulk import qc
-from t2v_fast.core.models import ModelSpec, dtype_name
+from t2v_fast.core.guidance import ClassifierFreeGuidance
+from t2v_fast.core.models import Scheduler, dtype_name
 from t2v_fast.core.networks import DECODE_BATCH_SIZE
-from t2v_fast.core.params import GenerationParams, ParamProblem, raise_problems, request_problems
-from t2v_fast.core.schedule import DEFAULT_STEPS
+from t2v_fast.core.params import CommonParams, ParamProblem, ParamRequest, raise_problems, request_problems
 from t2v_fast.core.video import Video
 from t2v_fast.errors import NumericalError, UserError
 from t2v_fast.runtime import ModelBackend
@@ -41,6 +41,21 @@ class VideoRequest:
     prompt: str
     negative_prompt: str
     seed: int
+
+
+# The guider of each kind of guidance a task declares (`Task.guidance`).
+GUIDERS = {"two-way": ClassifierFreeGuidance}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Videos denoised together: their requests, text embeddings (as the guider lays the UNet batch out), guidance,
+    and one generator per video, which every random draw for that video comes from."""
+
+    requests: Sequence[VideoRequest]
+    text_embeddings: torch.Tensor
+    guider: ClassifierFreeGuidance
+    generators: list[torch.Generator]
 
 
 def expand_requests(
@@ -86,7 +101,12 @@ def plan_requests(
     count = len(prompts) * videos_per_prompt
     if seed is None:
         seed = secrets.randbelow(2**31)
-    seeds = [seed + k for k in range(count)] if isinstance(seed, int) and not isinstance(seed, bool) else list(seed)
+    # A bool is an int to the type system, yet no seed: `list` refuses it (TypeError), as it always did.
+    seeds = (
+        [seed + k for k in range(count)]
+        if isinstance(seed, int) and not isinstance(seed, bool)
+        else list(cast(Sequence[int], seed))
+    )
     if len(seeds) != count:
         problems.append(ParamProblem(("seed",), f"got {len(seeds)} seeds for {count} videos"))
     problems += [p for value in seeds for p in request_problems(seed=value)]
@@ -102,15 +122,15 @@ class VideoPipeline(ABC):
     def __init__(
         self,
         tokenizer: CLIPTokenizer,
-        scheduler: SchedulerMixin,
+        scheduler: Scheduler,
         backend: ModelBackend,
         decode_batch_size: int = DECODE_BATCH_SIZE,
     ):
         self.tokenizer = tokenizer
-        self.scheduler = type(scheduler).from_config(scheduler.config)
+        self.scheduler = scheduler  # the model's; each render steps a copy of its own (`scheduler_for`)
         self.backend = backend
         self.decode_batch_size = decode_batch_size
-        self.spec = ModelSpec.from_info(backend.info, self.scheduler, tokenizer)
+        self.card = backend.card.with_runtime(self.scheduler, tokenizer)
 
     def generate(
         self,
@@ -119,45 +139,45 @@ class VideoPipeline(ABC):
         negative_prompt: str | Sequence[str] | None = None,
         seed: int | Sequence[int] | None = None,
         videos_per_prompt: int = 1,
-        frames: int | None = None,
-        steps: int = DEFAULT_STEPS,
-        guidance: float | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        motion_x: float | None = None,
-        motion_y: float | None = None,
-        t0: int | None = None,
-        t1: int | None = None,
-        chunk_size: int | None = None,
-        fps: float | None = None,
+        settings: CommonParams | None = None,
         progress: bool = True,
+        **params: Any,
     ) -> list[Video]:
         """Generate `videos_per_prompt` videos per prompt, prompt-major; always a list.
 
         `negative_prompt`: one for all prompts or one per prompt. `seed`: video k gets `seed + k` (random when None),
-        or a list with one seed per video. `frames` per video, scheduler `steps`, classifier-free `guidance` (<= 1:
-        off), `height`/`width` in pixels (default: the model's native size; multiples of its VAE scale, 8), `fps` of
-        the MP4. None takes the model family's default (`t2v_fast.core.families`: 8 frames, guidance 7.5 and 4 fps for
-        Text2Video-Zero; 16 frames, guidance 9.0 and 8 fps for ModelScope).
-        Text2Video-Zero only: `motion_x`/`motion_y` translation per frame in 1/512 of the frame (default 12),
-        `t0`/`t1` steps counted from the end (default: the reference's 44/47 of 50, scaled), `chunk_size` frames per
-        UNet pass for long videos. Another family refuses them with a `UserError`.
+        or a list with one seed per video. `params` are the generation parameters by name (None or absent: the
+        model's default), declared with their ranges and defaults in `t2v_fast.core.params.CommonParams` and in the
+        family's own (`t2v_fast.families.text2video_zero.params`): `frames` per video, scheduler `steps`,
+        classifier-free `guidance` (<= 1: off), `height`/`width` in pixels (default: the model's native size), `fps`
+        of the MP4; for Text2Video-Zero also `motion_x`/`motion_y`, `t0`/`t1` and `chunk_size`. Another family
+        refuses those with a `UserError`. `settings`, instead of `params`: settings already resolved for this model
+        (`ModelCard.resolve`), as a night's manifest rows carry them.
         """
         started = time.perf_counter()
-        settings, problems = GenerationParams(
-            frames, steps, guidance, height, width, motion_x, motion_y, t0, t1, chunk_size, fps
-        ).check(self.spec)
+        if settings is not None and params:
+            raise UserError("give either resolved settings or parameters, not both")
+        if settings is not None and type(settings) is not self.card.family_record.params:
+            kind = self.card.family_record.params.__name__
+            raise UserError(f"settings are {type(settings).__name__}, and this model takes {kind}")
+        problems: list[ParamProblem] = []
+        if settings is None:
+            settings, problems = self.card.check(ParamRequest.of(**params))
         requests, request_issues = plan_requests(prompt, negative_prompt, seed, videos_per_prompt)
         raise_problems([*request_issues, *problems])  # every problem at once, the request's first
+        assert settings is not None
         timings = {"encode_text_s": 0.0, "denoise_s": 0.0, "decode_s": 0.0}
 
+        guider = GUIDERS[self.card.task_record.guidance](settings.guidance)
         with timed(timings, "encode_text_s"):
-            text_embeddings = self.encode_prompts(requests, settings.uses_guidance)
-        frames = self.render(requests, settings, text_embeddings, timings, progress)
+            text_embeddings = self.encode_prompts(requests, guider.enabled)
+        generators = [torch.Generator().manual_seed(r.seed) for r in requests]
+        batch = Batch(requests, text_embeddings, guider, generators)
+        frames = self.render(batch, settings, timings, progress)
         timings["total_s"] = time.perf_counter() - started
 
         return [
-            Video(frames=frames[i], metadata=self._metadata(request, settings, timings, len(requests), frames[i]))
+            Video(frames=frames[i], metadata=self._metadata(request, settings, timings, len(requests)))
             for i, request in enumerate(requests)
         ]
 
@@ -186,39 +206,40 @@ class VideoPipeline(ABC):
         return embeddings[[unique.index(text) for text in texts]]
 
     @abstractmethod
-    def render(
-        self,
-        requests: Sequence[VideoRequest],
-        settings: GenerationParams,
-        text_embeddings: torch.Tensor,
-        timings: dict[str, float],
-        progress: bool = True,
-    ) -> np.ndarray:
-        """Noise to decoded frames for a batch of videos, uint8 `(videos, F, H, W, 3)`: the family's algorithm."""
+    def render(self, batch: Batch, settings: Any, timings: dict[str, float], progress: bool = True) -> np.ndarray:
+        """Noise to decoded frames for a batch of videos, uint8 `(videos, F, H, W, 3)`: the family's algorithm.
+        `settings` are the family's (`Family.params`)."""
 
-    def _noise(self, generators: Sequence[torch.Generator], frames: int, shape: tuple[int, ...]) -> torch.Tensor:
+    def scheduler_for(self, steps: int) -> Scheduler:
+        """A fresh copy of the model's scheduler set to `steps` steps: stepping changes a scheduler's state, and the
+        model's own stays as loaded for the next request."""
+        scheduler: Scheduler = type(self.scheduler).from_config(self.scheduler.config)
+        scheduler.set_timesteps(steps)
+        return scheduler
+
+    def _noise(self, batch: Batch, frames: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Gaussian noise `(videos, frames, *shape)`, drawn on the CPU so a seed gives the same video on any device."""
-        noise = torch.stack([torch.randn((frames, *shape), generator=g) for g in generators])
+        noise = torch.stack([torch.randn((frames, *shape), generator=g) for g in batch.generators])
         return noise.to(self.backend.device, self.backend.dtype)
 
     def _denoise(
         self,
         latents: torch.Tensor,
         timesteps: torch.Tensor,
-        text_embeddings: torch.Tensor,
-        settings: GenerationParams,
-        scheduler: SchedulerMixin,
+        batch: Batch,
+        scheduler: Scheduler,
         bar: tqdm | None,
     ) -> torch.Tensor:
-        """Scheduler steps with classifier-free guidance; the UNet batch is `[unconditional..., conditional...]`."""
+        """Scheduler steps with the batch's guidance around the backend's UNet. A stochastic scheduler (Euler
+        ancestral) draws each video's step noise from that video's generator, so the seed rule holds for it too."""
+        step_options = {"generator": batch.generators} if _takes_generator(scheduler) else {}
         for t in timesteps:
-            model_input = torch.cat([latents, latents]) if settings.uses_guidance else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            noise = self.backend.predict_noise(model_input, t, text_embeddings)
-            if settings.uses_guidance:
-                unconditional, conditional = noise.chunk(2)
-                noise = unconditional + settings.guidance * (conditional - unconditional)
-            latents = scheduler.step(noise, t, latents).prev_sample
+            model_input = scheduler.scale_model_input(batch.guider.batch(latents), t)
+            predicted = self.backend.predict_noise(
+                sample=model_input, timestep=t, encoder_hidden_states=batch.text_embeddings
+            )
+            noise = batch.guider.combine(predicted)
+            latents = scheduler.step(noise, t, latents, **step_options).prev_sample
             if bar is not None:
                 bar.update()
         return latents
@@ -226,13 +247,13 @@ class VideoPipeline(ABC):
     def decode_video(self, latents: torch.Tensor) -> np.ndarray:
         """Latents `(videos, F, C, h, w)` -> uint8 frames `(videos, F, H, W, 3)`, a few frames per VAE call."""
         flat = latents.flatten(0, 1)
-        frames = []
+        decoded = []
         for start in range(0, len(flat), self.decode_batch_size):
             images = self.backend.decode_latents(flat[start : start + self.decode_batch_size])
             check_finite(images, "decoded frames", self.backend.dtype)
             pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-            frames.append(pixels.permute(0, 2, 3, 1).cpu().numpy())
-        frames = np.concatenate(frames).reshape(*latents.shape[:2], *frames[0].shape[1:])
+            decoded.append(pixels.permute(0, 2, 3, 1).cpu().numpy())
+        frames = np.concatenate(decoded).reshape(*latents.shape[:2], *decoded[0].shape[1:])
         black = np.flatnonzero(frames.reshape(-1, frames[0, 0].size).max(axis=1) == 0)
         if black.size:
             video, frame = divmod(int(black[0]), latents.shape[1])
@@ -243,25 +264,24 @@ class VideoPipeline(ABC):
         return frames
 
     def _metadata(
-        self,
-        request: VideoRequest,
-        settings: GenerationParams,
-        timings: dict[str, float],
-        batch: int,
-        frames: np.ndarray,
+        self, request: VideoRequest, settings: CommonParams, timings: dict[str, float], batch: int
     ) -> dict[str, Any]:
-        info = self.backend.info
+        card = self.card
         return {
             "prompt": request.prompt,
             "negative_prompt": request.negative_prompt,
             "seed": request.seed,
             "params": settings.as_dict(),
-            "model": {"id": info.model_id, "family": info.family, "weights_sha256": info.weights_sha256},
+            "model": {
+                "id": card.model_id,
+                "family": card.family,
+                "task": card.task,
+                "weights_sha256": card.weights_sha256,
+            },
             "backend": self.backend.name,
             **self.backend.placement,
             "dtype": dtype_name(self.backend.dtype),
             "timings": {**{k: round(v, 4) for k, v in timings.items()}, "videos_in_batch": batch},
-            "qc": qc.measure(frames),
             "t2v_fast_version": __version__,
         }
 
@@ -281,3 +301,7 @@ def timed(timings: dict[str, float], key: str):
         yield
     finally:
         timings[key] += time.perf_counter() - started
+
+
+def _takes_generator(scheduler: Scheduler) -> bool:
+    return "generator" in inspect.signature(scheduler.step).parameters

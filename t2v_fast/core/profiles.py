@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from t2v_fast.core.engine_dir import EngineDir
 from t2v_fast.core.families import TEXT2VIDEO_ZERO
-from t2v_fast.core.models import ModelInfo
+from t2v_fast.core.models import ModelCard
 from t2v_fast.core.networks import DECODE_BATCH_SIZE, NETWORKS, dims
 from t2v_fast.errors import UserError
 
@@ -60,11 +60,11 @@ class BuildRanges:
     def is_static(self) -> bool:
         return all(a.is_fixed for a in (self.videos, self.frames, self.height, self.width))
 
-    def _dims(self, info: ModelInfo, point: str, unet_batch: int, frames: int, images: int) -> dict[str, int]:
+    def _dims(self, info: ModelCard, point: str, unet_batch: int, frames: int, images: int) -> dict[str, int]:
         height, width = getattr(self.height, point), getattr(self.width, point)
         return dims(info, videos=unet_batch, frames=frames, height=height, width=width, images=images)
 
-    def profiles(self, info: ModelInfo) -> dict[str, list[Profile]]:
+    def profiles(self, info: ModelCard) -> dict[str, list[Profile]]:
         """Per component, its optimisation profiles (per input: [min, opt, max] shapes).
 
         Static ranges give the UNet one fixed-shape profile per shape it receives (guidance on and off × the first
@@ -106,7 +106,8 @@ def default_ranges(engine_dir: EngineDir, static: bool, given: dict[str, AxisRan
     """Ranges around the export's example shapes: exactly them with `static`, else room for 1-4 videos and from 1
     frame to twice the export's (at least 24) at the export's size; `given` ranges override either. The export's
     frame count is its family's default unless chosen (8 Text2Video-Zero: 1-24 frames; 16 ModelScope: 1-32)."""
-    export, native = engine_dir.export_settings, engine_dir.info.native_size
+    export, native = engine_dir.export_settings, engine_dir.card.native_size
+    assert export.frames is not None  # an export records its resolved frame count
     exported = {
         "videos": export.videos,
         "frames": export.frames,
@@ -117,11 +118,12 @@ def default_ranges(engine_dir: EngineDir, static: bool, given: dict[str, AxisRan
         "videos": AxisRange(1, export.videos, max(export.videos, 4)),
         "frames": AxisRange(1, export.frames, max(2 * export.frames, 24)),
     }
-    ranges = {}
+    ranges: dict[str, AxisRange] = {}
     for axis, value in exported.items():
         fixed = AxisRange(value, value, value)
         ranges[axis] = fixed if static else dynamic.get(axis, fixed)
-    return BuildRanges(**{**ranges, **(given or {})})
+    # Only axes are keys here; mypy cannot tell that a `**dict` of ranges leaves `decode_batch` (an int) alone.
+    return BuildRanges(**{**ranges, **(given or {})})  # type: ignore[arg-type]
 
 
 def profile_index(profiles: list[Profile], shapes: dict[str, tuple[int, ...]]) -> int | None:

@@ -10,39 +10,31 @@ For each batch of videos:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from t2v_fast.core.params import GenerationParams
-from t2v_fast.core.pipeline import VideoPipeline, VideoRequest, check_finite, timed
+from t2v_fast.core.params import CommonParams
+from t2v_fast.core.pipeline import Batch, VideoPipeline, check_finite, timed
 
 
 class ModelScopePipeline(VideoPipeline):
     """ModelScope text-to-video (`UNet3DConditionModel`) over any backend, with the checkpoint's scheduler."""
 
     def render(
-        self,
-        requests: Sequence[VideoRequest],
-        settings: GenerationParams,
-        text_embeddings: torch.Tensor,
-        timings: dict[str, float],
-        progress: bool = True,
+        self, batch: Batch, settings: CommonParams, timings: dict[str, float], progress: bool = True
     ) -> np.ndarray:
-        scheduler = type(self.scheduler).from_config(self.scheduler.config)
-        scheduler.set_timesteps(settings.steps)
-        info = self.backend.info
-        scale = info.vae_scale_factor
+        scheduler = self.scheduler_for(settings.steps)
+        card = self.card
+        scale = card.vae_scale_factor
         # The reference draws `(channels, frames, h, w)` per video; the backend's layout is `(frames, channels, h, w)`.
-        shape = (info.latent_channels, settings.frames, settings.height // scale, settings.width // scale)
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(r.seed)) for r in requests])
+        shape = (card.latent_channels, settings.frames, settings.height // scale, settings.width // scale)
+        noise = torch.stack([torch.randn(shape, generator=g) for g in batch.generators])
         latents = noise.transpose(1, 2).to(self.backend.device, self.backend.dtype) * scheduler.init_noise_sigma
 
         bar = tqdm(total=len(scheduler.timesteps), desc="denoising", unit="step", disable=not progress)
         with bar, timed(timings, "denoise_s"):
-            latents = self._denoise(latents, scheduler.timesteps, text_embeddings, settings, scheduler, bar)
+            latents = self._denoise(latents, scheduler.timesteps, batch, scheduler, bar)
             check_finite(latents, "latents", self.backend.dtype)
         with timed(timings, "decode_s"):
             return self.decode_video(latents)

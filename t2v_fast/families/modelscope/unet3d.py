@@ -13,9 +13,13 @@ The tests hold it to diffusers' own forward (and the pipeline to `TextToVideoSDP
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from diffusers.models import UNet3DConditionModel
 
 
 def per_frame(x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -26,7 +30,7 @@ def per_frame(x: torch.Tensor, frames: int) -> torch.Tensor:
 class VideoUNet3D(nn.Module):
     """A `UNet3DConditionModel` taking `(videos, frames, C, h, w)` latents, a scalar timestep and per-video text."""
 
-    def __init__(self, unet: nn.Module):
+    def __init__(self, unet: UNet3DConditionModel):
         super().__init__()
         self.unet = unet
 
@@ -50,7 +54,8 @@ class VideoUNet3D(nn.Module):
         x = unet.mid_block(x, emb, encoder_hidden_states=context, num_frames=frames)
 
         for block in unet.up_blocks:
-            block_skips, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
+            resnets = len(cast(nn.ModuleList, block.resnets))  # an up block's; ModuleList items are plain Modules
+            block_skips, skips = skips[-resnets:], skips[:-resnets]
             upsample_size = skips[-1].shape[2:] if skips else None  # the last block does not upsample
             text = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
             x = block(

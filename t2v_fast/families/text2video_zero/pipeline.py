@@ -12,18 +12,20 @@ Long videos run step 3-5 chunk by chunk, each chunk anchored on the same first f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from t2v_fast.core.params import GenerationParams
-from t2v_fast.core.pipeline import VideoPipeline, VideoRequest, check_finite, timed
-from t2v_fast.core.schedule import StepPlan
+from t2v_fast.core.pipeline import Batch, VideoPipeline, check_finite, timed
 from t2v_fast.families.text2video_zero.motion import forward_diffuse, warp_latents
+from t2v_fast.families.text2video_zero.params import TextToVideoZeroParams
+from t2v_fast.families.text2video_zero.schedule import StepPlan
+
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
 
 @dataclass(frozen=True)
@@ -60,56 +62,50 @@ class TextToVideoZeroPipeline(VideoPipeline):
     """Text2Video-Zero over any backend (a Stable Diffusion 1.x UNet with cross-frame attention), with DDIM."""
 
     def render(
-        self,
-        requests: Sequence[VideoRequest],
-        settings: GenerationParams,
-        text_embeddings: torch.Tensor,
-        timings: dict[str, float],
-        progress: bool = True,
+        self, batch: Batch, settings: TextToVideoZeroParams, timings: dict[str, float], progress: bool = True
     ) -> np.ndarray:
         """Steps 2-5 of the module docstring for a batch of videos; returns uint8 frames `(videos, F, H, W, 3)`."""
         plan = StepPlan.build(self.scheduler, settings.steps, settings.t0, settings.t1)
         chunks = plan_chunks(settings.frames, settings.chunk_size)
-        scheduler = DDIMScheduler.from_config(self.scheduler.config)
-        scheduler.set_timesteps(settings.steps)
-        info = self.backend.info
+        scheduler = self.scheduler_for(settings.steps)  # DDIM: the family's (`core.models.scheduler_from_config`)
+        card = self.card
         latent_shape = (
-            info.latent_channels,
-            settings.height // info.vae_scale_factor,
-            settings.width // info.vae_scale_factor,
+            card.latent_channels,
+            settings.height // card.vae_scale_factor,
+            settings.width // card.vae_scale_factor,
         )
 
         check_shapes = getattr(self.backend, "check_unet_shapes", None)  # TensorRT: refuse before any work
         if check_shapes is not None:
-            text_shape = tuple(text_embeddings.shape)
+            text_shape = tuple(batch.text_embeddings.shape)
             counts = sorted({1, *(len(chunk.frame_ids) for chunk in chunks)})
             check_shapes(
                 [{"sample": (text_shape[0], n, *latent_shape), "encoder_hidden_states": text_shape} for n in counts]
             )
-        generators = [torch.Generator().manual_seed(r.seed) for r in requests]
-        first_frame = self._noise(generators, 1, latent_shape) * scheduler.init_noise_sigma
-        noise_state = [g.get_state() for g in generators]
+        first_frame = self._noise(batch, 1, latent_shape) * scheduler.init_noise_sigma
+        noise_state = [g.get_state() for g in batch.generators]
 
         # The bar counts the steps as the user set them (each chunk repeats those after t1); the first frame's detour
         # from t1 to t0, a few single-frame steps that the motion starts from, is not counted.
         total_steps = len(plan.to_t1) + len(chunks) * len(plan.from_t1)
         description = "denoising" if len(chunks) == 1 else f"denoising {len(chunks)} chunks"
-        output = np.empty((len(requests), settings.frames, settings.height, settings.width, 3), dtype=np.uint8)
+        output = np.empty((len(batch.requests), settings.frames, settings.height, settings.width, 3), dtype=np.uint8)
         with tqdm(total=total_steps, desc=description, unit="step", disable=not progress) as bar:
             with timed(timings, "denoise_s"):
-                anchor_t1 = self._denoise(first_frame, plan.to_t1, text_embeddings, settings, scheduler, bar)
-                anchor_t0 = self._denoise(anchor_t1, plan.t1_to_t0, text_embeddings, settings, scheduler, None)
+                anchor_t1 = self._denoise(first_frame, plan.to_t1, batch, scheduler, bar)
+                anchor_t0 = self._denoise(anchor_t1, plan.t1_to_t0, batch, scheduler, None)
             for chunk in chunks:
                 with timed(timings, "denoise_s"):
                     # Every chunk draws its re-noising noise as if its generator had just drawn the first frame.
-                    for generator, state in zip(generators, noise_state, strict=True):
+                    for generator, state in zip(batch.generators, noise_state, strict=True):
                         generator.set_state(state)
                     moving_ids = chunk.frame_ids[1:]
-                    noise = self._noise(generators, len(moving_ids), latent_shape)
+                    noise = self._noise(batch, len(moving_ids), latent_shape)
                     moved = warp_latents(anchor_t0[:, 0], moving_ids, settings.motion_x, settings.motion_y)
-                    renoised = forward_diffuse(moved, noise, scheduler.alphas, plan.timestep_t0, plan.timestep_t1)
+                    alphas = cast("DDIMScheduler", scheduler).alphas  # the family's scheduler is DDIM
+                    renoised = forward_diffuse(moved, noise, alphas, plan.timestep_t0, plan.timestep_t1)
                     latents = torch.cat([anchor_t1, renoised], dim=1)
-                    latents = self._denoise(latents, plan.from_t1, text_embeddings, settings, scheduler, bar)
+                    latents = self._denoise(latents, plan.from_t1, batch, scheduler, bar)
                     check_finite(latents, "latents", self.backend.dtype)
                 with timed(timings, "decode_s"):
                     own_end = None if chunk.keep_count is None else chunk.keep_from + chunk.keep_count

@@ -16,19 +16,19 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from t2v_fast.core.params import DEFAULT_STEPS, MIN_STEPS
 from t2v_fast.errors import UserError
 
 if TYPE_CHECKING:  # imported where used, so that the command line's argument parsing stays light
     import torch
-    from diffusers import DDIMScheduler
 
-DEFAULT_STEPS = 50
+    from t2v_fast.core.models import Scheduler
+
 DEFAULT_T0 = 44
 DEFAULT_T1 = 47
-MIN_STEPS = 2
 
 
-def timesteps_for(scheduler: DDIMScheduler, steps: int) -> torch.Tensor:
+def timesteps_for(scheduler: Scheduler, steps: int) -> torch.Tensor:
     """The scheduler's timesteps for `steps` steps (cached: validating a manifest asks for them for every row)."""
     import torch
 
@@ -37,7 +37,7 @@ def timesteps_for(scheduler: DDIMScheduler, steps: int) -> torch.Tensor:
 
 @lru_cache(maxsize=256)
 def _timesteps(config: str, steps: int) -> tuple[int, ...]:
-    from diffusers import DDIMScheduler
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
     probe = DDIMScheduler.from_config(json.loads(config))
     probe.set_timesteps(steps)
@@ -49,7 +49,7 @@ def _nearest_index(timesteps: torch.Tensor, target: int, candidates: range) -> i
     return min(candidates, key=lambda t: (abs(int(timesteps[steps - 1 - t]) - target), t))
 
 
-def resolve_t0_t1(scheduler: DDIMScheduler, steps: int, t0: int | None, t1: int | None) -> tuple[int, int]:
+def resolve_t0_t1(scheduler: Scheduler, steps: int, t0: int | None, t1: int | None) -> tuple[int, int]:
     """Validate explicit t0/t1 and derive missing ones (see module docstring)."""
     if steps < MIN_STEPS:
         raise UserError(f"steps must be at least {MIN_STEPS}, got {steps}")
@@ -83,7 +83,7 @@ class StepPlan:
     index_t0: int
 
     @classmethod
-    def build(cls, scheduler: DDIMScheduler, steps: int, t0: int, t1: int) -> StepPlan:
+    def build(cls, scheduler: Scheduler, steps: int, t0: int, t1: int) -> StepPlan:
         return cls(timesteps_for(scheduler, steps), steps - 1 - t1, steps - 1 - t0)
 
     @property
