@@ -50,8 +50,7 @@ def describe_model(model: str) -> ModelCard:
         return card.with_runtime(scheduler, CLIPTokenizer.from_pretrained(engine_dir.path / "tokenizer"))
     if kind == "preset":
         configs = preset_configs(model)
-        card = ModelCard.from_configs(model, {}, configs, preset_scheduler(configs), preset_tokenizer(configs))
-        return card
+        return ModelCard.from_configs(model, {}, configs, preset_scheduler(configs), preset_tokenizer(configs))
     folder = resolve_folder(model)
     configs = {name: read_config(folder, name) for name in ("unet", "vae", "text_encoder")}
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")

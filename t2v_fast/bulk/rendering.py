@@ -82,8 +82,9 @@ def request_sha256(
     family's defaults (derived ones, such as the native size, always count), and the content hash of each input
     video. A parameter at its fixed or family default is left out, so adding one changes no earlier request's hash;
     a value is taken as its parameter's type (a whole-number motion written as 4 by an earlier version is 4.0)."""
-    infos = {info.name: info for info in param_infos(family_named(family).params)}
-    defaults = family_named(family).defaults
+    record = family_named(family)
+    infos = {info.name: info for info in param_infos(record.params)}
+    defaults = record.defaults
     changed = {}
     for name, value in params.items():
         info = infos.get(name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from t2v_fast.errors import UserError
@@ -137,13 +137,9 @@ class CommonParams:
 def param_infos(settings: type[CommonParams], owner: str = "") -> tuple[ParamInfo, ...]:
     """The parameters of a settings class, in declaration order; those it adds to `CommonParams` get `owner`."""
     common = {f.name for f in fields(CommonParams)}
-    found = []
-    for f in fields(settings):
-        info: ParamInfo = f.metadata["param"]
-        found.append(
-            ParamInfo(**{**asdict(info), "name": f.name, "owner": "" if f.name in common else owner, "kind": info.kind})
-        )
-    return tuple(found)
+    return tuple(
+        replace(f.metadata["param"], name=f.name, owner="" if f.name in common else owner) for f in fields(settings)
+    )
 
 
 @dataclass(frozen=True)
