@@ -33,6 +33,7 @@ def free_port() -> int:
 class PrefectCluster:
     def __init__(self, home: Path, database_url: str | None = None):
         self.home = home
+        self.database_url = database_url  # None: the server's own SQLite file
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
         self.env = {
