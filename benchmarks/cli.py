@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--backends", help=f"comma-separated subset of {','.join(BACKENDS)}")
     parser.add_argument("--sweep-frames", help="frame counts of the memory sweep, e.g. 8,16,32,64")
+    parser.add_argument("--fast-intervals", help="cache intervals of the fast section beside exact (default 2,3,5)")
     parser.add_argument(
         "--sections", help=f"comma-separated subset of {','.join(SECTIONS)} (default: all), e.g. memory_sweep alone"
     )
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {
         k: v
         for k, v in vars(args).items()
-        if v is not None and k not in ("quick", "backends", "sweep_frames", "sections", "out")
+        if v is not None and k not in ("quick", "backends", "sweep_frames", "fast_intervals", "sections", "out")
     }
     if args.backends:
         overrides["backends"] = tuple(args.backends.split(","))
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["sections"] = tuple(args.sections.split(","))
     if args.sweep_frames:
         overrides["sweep_frames"] = tuple(int(v) for v in args.sweep_frames.split(","))
+    if args.fast_intervals:
+        overrides["fast_intervals"] = tuple(int(v) for v in args.fast_intervals.split(","))
     if args.out:
         overrides["out_root"] = args.out
     from .harness import BenchConfig, run_and_report

@@ -12,7 +12,8 @@ Sections:
    (two videos in one call against each alone).
 3. benchmark: the harness (`harness.run_benchmark`) on `sd15-random`, 8 frames, 512², 50 steps, float16: reference
    eager, torch eager, torch compiled; device peak memory; UNet TFLOP/s against the matmul ceiling measured in the
-   same process; videos/hour batched; and the project's goals judged from those figures.
+   same process; videos/hour batched; the project's goals judged from those figures; and fast mode (DeepCache) at
+   cache interval 3 against exact, on the reference (DeepCache's own helper) and the torch backend.
 
 It imports neither prefect nor imageio-ffmpeg and writes no MP4: the GPU machine has neither.
 """
@@ -85,7 +86,8 @@ class CheckPlan:
             bench = BenchConfig.quick_config(
                 device=device,
                 backends=("reference", "torch"),
-                sections=("backends", "throughput"),
+                sections=("backends", "throughput", "fast"),
+                fast_intervals=(3,),
                 repeats=2,
                 frames=2,
                 height=32,
@@ -104,7 +106,8 @@ class CheckPlan:
             warmup=1,
             repeats=3,
             backends=("reference", "torch", "torch-compiled"),
-            sections=("backends", "throughput"),
+            sections=("backends", "throughput", "fast"),
+            fast_intervals=(3,),
             throughput_videos=4,
         )
         return cls(device, False, ("small-random", "modelscope-tiny-random"), 8, 256, 20, bench)
@@ -399,7 +402,26 @@ def markdown(result: dict[str, Any]) -> str:
             )
         else:
             lines.append(f"- {name}: not available: {r['reason']}")
+    for name, entry in bench.get("fast", {}).get("contenders", {}).items():
+        lines += [f"- fast mode, {name}: {_fast_line(entry)}"]
     return "\n".join([*lines, ""])
+
+
+def _fast_line(entry: dict[str, Any]) -> str:
+    """A fast-section contender's rows in one line: time, speed-up over its exact run and drift from it."""
+    if not entry["available"]:
+        return f"not available: {entry['reason']}"
+    parts = []
+    for r in entry["runs"]:
+        if not r["available"]:
+            parts.append(f"interval {r['cache_interval']} not available: {r['reason']}")
+            continue
+        part = f"interval {r['cache_interval']} {r['end_to_end_per_video']['median_s']:.3f} s/video"
+        if r["cache_interval"] > 1 and "speedup_vs_exact" in r:
+            drift = r["drift_vs_exact"]
+            part += f" ({r['speedup_vs_exact']:.2f}× exact, drift max {drift['max']} mean {drift['mean']:.2f})"
+        parts.append(part)
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,10 @@
 Everything is measured side by side in one process run, on the same inputs: per stage (text encoding, one UNet call,
 VAE decode of all frames, end to end per video), cold start separately from warm runs, medians and p90s, peak memory,
 counted FLOPs and achieved TFLOP/s against a matmul ceiling measured in the same run, speed-up against diffusers'
-reference, fidelity against the reference's frames, a memory sweep over frame counts and batched throughput.
-The reference is the model family's diffusers pipeline (`runners.REFERENCE_RUNNERS`). `sections` selects parts, e.g.
-the memory sweep alone for a full-size model on a machine where the rest would take hours.
+reference, fidelity against the reference's frames, a memory sweep over frame counts, batched throughput, and fast
+mode (DeepCache) against exact per backend and on the reference (`fast`). The reference is the model family's
+diffusers pipeline (`runners.REFERENCE_RUNNERS`). `sections` selects parts, e.g. the memory sweep alone for a
+full-size model on a machine where the rest would take hours.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from t2v_fast.loading import describe_model, load_pipeline
 from t2v_fast.quiet import quiet_libraries
 
 from . import BACKENDS, RESULTS_ROOT, SECTIONS
+from .fast import run_fast
 from .measure import PeakMemory, count_flops, describe_machine, make_rss_track_live_memory, matmul_ceiling, timed
 from .report import write_outputs
 from .runners import REFERENCE_RUNNERS, Unavailable, Workload, onnxruntime_runner, tensorrt_runner, torch_runner
@@ -51,6 +53,7 @@ class BenchConfig:
     sweep_frames: tuple[int, ...] = (8, 16, 32, 64)
     sweep_chunk_size: int = 8
     throughput_videos: int = 4
+    fast_intervals: tuple[int, ...] = (2, 3, 5)  # the fast section's cache intervals, beside exact (1)
     quick: bool = False
     sections: tuple[str, ...] = SECTIONS
     out_root: Path = RESULTS_ROOT
@@ -260,10 +263,9 @@ def run_benchmark(config: BenchConfig, on_section: Callable[[dict[str, Any]], No
     del components
     model = str(folder)
     written(result)
+    makers = contender_makers(config, work, folder, device, dtype)
     if "backends" in config.sections:
-        results = _run_contenders(
-            config, work, folder, device, dtype, lambda done: written({**result, "backends": done})
-        )
+        results = _run_contenders(config, work, makers, device, lambda done: written({**result, "backends": done}))
 
     # Loaded after the contenders (so their peak memory is their own), each section's pipeline built with the torch
     # backend options it measures: FLOPs, memory sweep, throughput.
@@ -279,20 +281,19 @@ def run_benchmark(config: BenchConfig, on_section: Callable[[dict[str, Any]], No
     if "throughput" in config.sections:
         result["throughput"] = _throughput(load(), work, config)
         written(result)
+    if "fast" in config.sections:
+        result["fast"] = run_fast(config, work, makers, load, lambda section: written({**result, "fast": section}))
+        written(result)
     return result
 
 
-def _run_contenders(
-    config: BenchConfig,
-    work: Workload,
-    folder: Path,
-    device: torch.device,
-    dtype: torch.dtype,
-    on_contender: Callable[[dict[str, Any]], None],
-) -> dict[str, Any]:
-    """Every selected contender through the same stages; `on_contender` gets the results so far after each."""
+def contender_makers(
+    config: BenchConfig, work: Workload, folder: Path, device: torch.device, dtype: torch.dtype
+) -> dict[str, Callable[[], Any]]:
+    """Each contender's runner, unloaded, by name; the ONNX Runtime and TensorRT exports go next to the saved model
+    `folder`, so that the sections of a run share them."""
     device_name, dtype_str, params, model = str(device), dtype_name(dtype), work.params, str(folder)
-    makers = {
+    return {
         "reference": lambda: REFERENCE_RUNNERS[work.card.family](folder),
         "torch": lambda: torch_runner(model, device_name, dtype_str, compile_unet=False),
         "torch-compiled": lambda: torch_runner(model, device_name, dtype_str, compile_unet=True),
@@ -303,11 +304,28 @@ def _run_contenders(
             params["frames"],
             params["height"],
             params["width"],
+            folder.parent / "onnxruntime-engines",
         ),
         "tensorrt": lambda: tensorrt_runner(
-            model, device, params["frames"], params["height"], params["width"], config.videos
+            model,
+            device,
+            params["frames"],
+            params["height"],
+            params["width"],
+            config.videos,
+            folder.parent / "tensorrt-engines",
         ),
     }
+
+
+def _run_contenders(
+    config: BenchConfig,
+    work: Workload,
+    makers: dict[str, Callable[[], Any]],
+    device: torch.device,
+    on_contender: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Every selected contender through the same stages; `on_contender` gets the results so far after each."""
     results: dict[str, Any] = {}
     for name in BACKENDS:
         if name not in config.backends:

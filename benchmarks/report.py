@@ -28,7 +28,9 @@ def markdown(result: dict[str, Any]) -> str:
         f" {params['width']}×{params['height']}, {params['steps']} steps, {config['videos']} video(s) per batch,"
         f" {config['dtype']} on {config['device']}",
         "",
-        f"{result['date']}; {chip}, {machine['cpu_cores']} cores, torch {machine['torch']}.",
+        f"{result['date']}; {chip}, {machine['cpu_cores']} cores"
+        + (f", {machine['memory_gib']} GiB" if "memory_gib" in machine else "")
+        + f", torch {machine['torch']}.",
     ]
     if "backends" in result and "matmul_ceiling" in result:
         lines += _backends_table(result)
@@ -44,6 +46,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"Throughput (torch backend, {t['videos']} videos): {t['sequential_videos_per_hour']:.0f} videos/hour one"
             f" prompt per call, {t['batched_videos_per_hour']:.0f} videos/hour batched in one call.",
         ]
+    if "fast" in result:
+        lines += _fast_table(result["fast"])
     return "\n".join([*lines, ""])
 
 
@@ -89,6 +93,65 @@ def _backends_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pair(values: dict[str, Any] | None) -> str:
+    return "-" if values is None else f"{values['max']} / {values['mean']:.2f}"
+
+
+def _number(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}×"
+
+
+def _fast_table(fast: dict[str, Any]) -> list[str]:
+    """Exact (cache interval 1) and fast mode at each interval, per contender."""
+    intervals = ", ".join(str(n) for n in fast["intervals"][1:])
+    lines = [
+        "",
+        f"## Fast mode (DeepCache), cache intervals {intervals}, branch {fast['branch']}",
+        "",
+        "Interval 1 is the exact run. The reference's fast rows are diffusers' pipeline with DeepCache 0.1.1's"
+        " `DeepCacheSDHelper`, its cache reset at each of the pipeline's denoising loops. End to end: median / p90 ms"
+        " per video over warm runs. UNet: seconds of all UNet calls in one more warm run (each call synchronised),"
+        " per video; calls full (the whole UNet) / shallow, and the median ms of each kind. FLOPs: counted per video"
+        " with `torch.utils.flop_counter` on the calls (ONNX Runtime and TensorRT rows: the torch backend's count, the"
+        " same graphs). Speed-ups: end to end, over the same contender's exact run and over the reference's exact"
+        " run. Drift: |fast − exact| per pixel of the same contender (0-255), max / mean; beside it our frames"
+        " against the reference's at the same interval. Flicker: the nightly QC's `temporal_flickering` (VBench:"
+        " 1 = frozen) and verdict (`t2v_fast.bulk.qc`, default thresholds"
+        f" {', '.join(f'{k} {v}' for k, v in fast['qc_thresholds'].items())}).",
+        "",
+        f"{fast['note'][0].upper()}{fast['note'][1:]}.",
+        "",
+        "| contender | interval | end to end ms | speed-up vs exact | vs reference exact | UNet s/video"
+        " | UNet calls full / shallow | ms per full / shallow call | GFLOPs/video | FLOPs vs exact"
+        " | drift vs exact max / mean | vs reference same interval | temporal flickering | QC verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, entry in fast["contenders"].items():
+        if not entry["available"]:
+            lines.append(f"| {name} | - | not available: {entry['reason']} | | | | | | | | | | | |")
+            continue
+        for r in entry["runs"]:
+            interval = r["cache_interval"]
+            if not r["available"]:
+                lines.append(f"| {name} | {interval} | not available: {r['reason']} | | | | | | | | | | | |")
+                continue
+            unet, flops = r["unet"], r.get("flops_per_video")
+            lines.append(
+                f"| {name} | {interval} | {_ms(r['end_to_end_per_video'])}"
+                f" | {_ratio(r.get('speedup_vs_exact'))} | {_ratio(r.get('speedup_vs_reference_exact'))}"
+                f" | {unet['seconds_per_video']:.3f} | {unet['full_calls']} / {unet['shallow_calls']}"
+                f" | {_number(unet['full_call_median_s'], 1e3, 1)} / {_number(unet['shallow_call_median_s'], 1e3, 1)}"
+                f" | {_number(flops, 1e-9, 1)} | {_number(r.get('flops_ratio_vs_exact'), digits=3)}"
+                f" | {_pair(r.get('drift_vs_exact'))} | {_pair(r.get('diff_vs_reference_same_interval'))}"
+                f" | {_number(r['qc'].get('temporal_flickering'), digits=4)} | {r['qc']['verdict']} |"
+            )
+    return lines
+
+
 def _memory_table(sweep: list[dict[str, Any]]) -> list[str]:
     """Peak memory per frame count; with the peak without our memory savings when the sweep measured it."""
     compared = any("without_savings" in row for row in sweep)
@@ -116,11 +179,20 @@ def _memory_table(sweep: list[dict[str, Any]]) -> list[str]:
 
 
 def chart(result: dict[str, Any]) -> Image.Image:
-    """Horizontal bars: end-to-end seconds per video of each available backend."""
+    """Horizontal bars: end-to-end seconds per video of each available backend, then of each fast-section row."""
     bars = [
         (name, r["stages"]["end_to_end_per_video"]["median_s"])
         for name, r in result.get("backends", {}).items()
         if r.get("available")
+    ]
+    bars += [
+        (
+            f"{name} {'exact' if r['cache_interval'] == 1 else 'fast ' + str(r['cache_interval'])}",
+            r["end_to_end_per_video"]["median_s"],
+        )
+        for name, entry in result.get("fast", {}).get("contenders", {}).items()
+        for r in entry.get("runs", [])
+        if r["available"]
     ]
     width, row, left = 720, 36, 150
     image = Image.new("RGB", (width, 60 + row * max(len(bars), 1)), "white")
@@ -133,7 +205,7 @@ def chart(result: dict[str, Any]) -> Image.Image:
         draw.text((10, top + 8), name, fill="black")
         length = int((width - left - 90) * seconds / longest)
         draw.rectangle(
-            [left, top + 4, left + length, top + row - 8], fill="#4a78c2" if name != "reference" else "#999999"
+            [left, top + 4, left + length, top + row - 8], fill="#999999" if name.startswith("reference") else "#4a78c2"
         )
         draw.text((left + length + 6, top + 8), f"{seconds:.2f}", fill="black")
     return image

@@ -1,4 +1,5 @@
-"""Export the text encoder, the video UNet (with cross-frame attention) and the VAE decoder to ONNX.
+"""Export the text encoder, the video UNet (with cross-frame attention) and the VAE decoder to ONNX, and with `fast`
+fast mode's two UNet graphs (`t2v_fast.core.deepcache`).
 
 What is exported, with which inputs and dynamic axes, is the table in `t2v_fast.core.networks`: text batch, videos ×
 guidance, frames per video, latent height and width, decoded images. The frame count is never a constant.
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from t2v_fast._version import __version__
 from t2v_fast.core.engine_dir import ENGINE_JSON, EngineDir, ExportSettings, file_sha256
 from t2v_fast.core.models import ModelCard, ModelComponents, load_components
-from t2v_fast.core.networks import DECODE_BATCH_SIZE, NETWORKS, NetworkSpec, dims, model_dims
+from t2v_fast.core.networks import DECODE_BATCH_SIZE, FAST_NETWORKS, NETWORKS, NetworkSpec, dims, model_dims
 from t2v_fast.errors import UserError
 
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -74,7 +75,7 @@ def _export_component(
             _traced(module, inputs, network),
             tuple(inputs.values()),
             input_names=network.input_names,
-            output_names=[network.output.name],
+            output_names=network.output_names,
             dynamic_shapes=_torch_dims(network),
             opset_version=settings.opset,
             dynamo=True,
@@ -107,11 +108,8 @@ def _export_component(
             {"name": spec.name, "dtype": io_dtypes[spec.name], "shape": spec.describe(fixed)} for spec in network.inputs
         ],
         "outputs": [
-            {
-                "name": network.output.name,
-                "dtype": io_dtypes[network.output.name],
-                "shape": network.output.describe(fixed),
-            }
+            {"name": spec.name, "dtype": io_dtypes[spec.name], "shape": spec.describe(fixed)}
+            for spec in network.outputs
         ],
         "axis_ranges": network.axis_ranges(),
         "config": _jsonable(network.config(components)),
@@ -211,11 +209,11 @@ def export_model(
     components.scheduler.save_pretrained(out / "scheduler")
 
     example = _example_dims(info, settings)
+    # Fast mode's graphs come after the task's, traced at the same example shapes with the same dynamic axes.
+    names = [*info.task_record.networks, *(FAST_NETWORKS if settings.fast else ())]
     exported = {
         network.name: _export_component(network, components, info, example, dtype, out, settings)
-        for network in tqdm(
-            [NETWORKS[name] for name in info.task_record.networks], desc="exporting", unit="model", disable=not progress
-        )
+        for network in tqdm([NETWORKS[name] for name in names], desc="exporting", unit="model", disable=not progress)
     }
     engine_dir = EngineDir.create(
         out,

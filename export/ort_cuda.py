@@ -12,7 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 # The optimiser's model type per component, as ONNX Runtime's Stable Diffusion tools name them.
-ORT_MODEL_TYPES = {"text_encoder": "clip", "unet": "unet", "vae_decoder": "vae"}
+# Fast mode's graphs are parts of the UNet, made of its blocks.
+ORT_MODEL_TYPES = {
+    "text_encoder": "clip",
+    "unet": "unet",
+    "vae_decoder": "vae",
+    "unet_caching": "unet",
+    "unet_cached": "unet",
+}
 
 
 def optimize_for_cuda(source: Path, target: Path, component: str, float16: bool = True) -> dict[str, int]:

@@ -15,7 +15,6 @@ import torch
 
 from t2v_fast.backends.tensorrt import compute_capability, engine_key, import_tensorrt
 from t2v_fast.core.engine_dir import EngineDir, EngineRecord
-from t2v_fast.core.networks import COMPONENTS
 from t2v_fast.core.profiles import BuildRanges
 from t2v_fast.errors import UserError
 
@@ -32,7 +31,8 @@ def build_engines(
     timing_cache: Path | None = None,
     progress: bool = True,
 ) -> list[str]:
-    """Build one strongly typed engine per component with Polygraphy, record them in engine.json, return their keys.
+    """Build one strongly typed engine per exported component (fast mode's two with them) with Polygraphy, record
+    them in engine.json, return their keys.
 
     `precision` must be the export's (the ONNX file carries it); None takes it from the export."""
     engine_dir.check_runs_on("tensorrt")
@@ -50,7 +50,7 @@ def build_engines(
     profiles = ranges.profiles(engine_dir.card)
     timing_cache = timing_cache or timing_cache_path(engine_dir, trt.__version__, capability)
     keys = []
-    for component in COMPONENTS:
+    for component in engine_dir.networks:
         engine_dir.verify_onnx(component)
         key = engine_key(component, trt.__version__, capability, precision, ranges.is_static)
         trt_profiles = []

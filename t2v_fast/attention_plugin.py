@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
+from t2v_fast.core.deepcache import BlockContext
+from t2v_fast.errors import UserError
+
 if TYPE_CHECKING:
     from diffusers.models import UNet2DConditionModel
 
@@ -108,3 +111,32 @@ class VideoUNet(nn.Module):
             return_dict=False,
         )[0]
         return noise.unflatten(0, (-1, num_frames))
+
+    # The steps around the blocks, for fast mode's split (`t2v_fast.core.deepcache`): what diffusers'
+    # `UNet2DConditionModel.forward` does before the down blocks, at the middle and after the up blocks, for a
+    # Stable Diffusion UNet (no class or added embeddings).
+
+    def embed(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> tuple[torch.Tensor, BlockContext]:
+        unet = self.unet
+        if unet.class_embedding is not None or unet.config.addition_embed_type or unet.config.center_input_sample:
+            raise UserError("fast mode runs Stable Diffusion UNets without class or added embeddings")
+        videos, frames = sample.shape[:2]
+        images = sample.flatten(0, 1)
+        temb = unet.time_embedding(unet.get_time_embed(sample=images, timestep=timestep), None)
+        if unet.time_embed_act is not None:
+            temb = unet.time_embed_act(temb)
+        context = BlockContext(videos, frames, temb, encoder_hidden_states, {"num_frames": frames})
+        return unet.conv_in(images), context
+
+    def middle(self, hidden: torch.Tensor, context: BlockContext) -> torch.Tensor:
+        return self.unet.mid_block(
+            hidden, context.temb, encoder_hidden_states=context.text, cross_attention_kwargs=context.attention_kwargs
+        )
+
+    def finish(self, hidden: torch.Tensor, context: BlockContext) -> torch.Tensor:
+        unet = self.unet
+        if unet.conv_norm_out is not None:
+            hidden = unet.conv_act(unet.conv_norm_out(hidden))
+        return unet.conv_out(hidden).unflatten(0, (context.videos, context.frames))

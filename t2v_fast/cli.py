@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from t2v_fast._version import __version__
 from t2v_fast.core.choices import BACKENDS, DTYPE_NAMES
@@ -55,10 +55,15 @@ def _param_help(info: ParamInfo, for_rows: bool) -> str:
 
 
 def _add_param_options(parser: argparse.ArgumentParser, for_rows: bool = False) -> None:
-    """One option per generation parameter of any family (`t2v_fast.core.families.all_params`)."""
+    """One option per generation parameter of any family (`t2v_fast.core.families.all_params`); a section's
+    (fast mode) in a group of its own in `--help`."""
+    groups: dict[str, Any] = {}
     for info in all_params():
         kind = _integer if info.kind is int else float
-        parser.add_argument(info.flag, type=kind, help=_param_help(info, for_rows).replace("%", "%%"))
+        if info.section and info.section not in groups:
+            groups[info.section] = parser.add_argument_group(info.section)
+        target = groups[info.section] if info.section else parser
+        target.add_argument(info.flag, type=kind, help=_param_help(info, for_rows).replace("%", "%%"))
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["onnxruntime-cuda"],
         help="fuse the graphs with ONNX Runtime's optimiser for its CUDA provider (traced in fp32, then converted to"
         " --dtype); such graphs run only there (default: plain ONNX for every runtime)",
+    )
+    export.add_argument(
+        "--fast",
+        action="store_true",
+        help="also export fast mode's two UNet graphs (DeepCache), for cache_branch 0; they duplicate the UNet's"
+        " weights on disk",
     )
     export.add_argument(
         "--device",
@@ -340,15 +351,14 @@ def _batch(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from export import ExportSettings, export_model
-    from t2v_fast.core.networks import COMPONENTS
 
     settings = ExportSettings(
-        args.frames, args.height, args.width, args.videos, args.dtype, args.opset, args.optimize_for
+        args.frames, args.height, args.width, args.videos, args.dtype, args.opset, args.optimize_for, args.fast
     )
     out = args.out or Path("engines") / Path(args.model.rstrip("/")).name
     engine_dir = export_model(args.model, out, settings, progress=not args.quiet, device=args.device)
     if not args.quiet:
-        for name in COMPONENTS:
+        for name in engine_dir.networks:
             record = engine_dir.component(name)
             print(f"{name}: {record.file} ({record.bytes / 2**20:.1f} MiB, {record.export_seconds} s)")
         print(f"wrote {out / 'engine.json'}")

@@ -39,6 +39,22 @@ class ModelBackend(Protocol):
         The arguments are the UNet network's inputs by name (`t2v_fast.core.networks.NETWORKS`), as every backend
         binds them."""
 
+    def predict_noise_caching(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, branch: int
+    ) -> tuple[torch.Tensor, Any]:
+        """Fast mode's full step: `predict_noise`'s noise, and the feature `branch` caches (kept by the backend's
+        own means; the pipeline only hands it back to `predict_noise_cached`)."""
+
+    def predict_noise_cached(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        feature: Any,
+        branch: int,
+    ) -> torch.Tensor:
+        """Fast mode's cached step: the noise from the UNet's shallow branch and a full step's feature."""
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Denoised latents `(n, C, h, w)` -> images `(n, 3, H, W)` in [-1, 1]."""
 

@@ -151,12 +151,14 @@ def assert_is_moving_video(frames: np.ndarray) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_engines(tmp_path_factory) -> Path:
-    """`tiny-random` exported to ONNX once per session through the CLI (example shapes: 8 frames, 1 video, 64x64).
+    """`tiny-random` exported to ONNX once per session through the CLI (example shapes: 8 frames, 1 video, 64x64),
+    with fast mode's two graphs (`--fast`), so that one export serves the exact path's tests and fast mode's.
 
     Exported without --out from a scratch working directory, so the default location `engines/<model>` is used.
+    An export without `--fast` is `tests/test_modelscope.py`'s.
     """
     workdir = tmp_path_factory.mktemp("workdir")
-    run_cli("export", "tiny-random", "--quiet", check=True, cwd=workdir)
+    run_cli("export", "tiny-random", "--fast", "--quiet", check=True, cwd=workdir)
     return workdir / "engines" / "tiny-random"
 
 

@@ -69,12 +69,14 @@ def test_generate_through_the_api(app, tmp_path):
     client = Client(url, verbose=False)
     assert "/generate" in client.view_api(return_format="dict")["named_endpoints"]
     # prompt, model, negative prompt, seed, videos per prompt, then the parameters in `all_params()` order: frames,
-    # steps, guidance, height, width, fps, motion_x, motion_y, t0, t1, chunk_size (None: the model's default).
-    arguments = ["a lighthouse at dusk", "tiny-random", "", 11, 1, 5, 4, 7.5, 48, 80, 5, 12, 12, None, None, None]
+    # steps, guidance, height, width, fps, motion_x, motion_y, t0, t1, chunk_size, then fast mode's cache_interval and
+    # cache_branch (None: the model's default).
+    arguments = ["a lighthouse at dusk", "tiny-random", "", 11, 1, 5, 4, 7.5, 48, 80, 5, 12, 12, None, None, None, 2, 0]
     path, metadata, files = client.predict(*arguments, api_name="/generate")
     meta, frames = read_mp4(Path(path))
     assert frames.shape == (5, 48, 80, 3) and meta["fps"] == pytest.approx(5.0)
     assert metadata["seed"] == 11 and metadata["params"]["frames"] == 5 and len(files) == 1
+    assert metadata["params"]["cache_interval"] == 2  # fast mode, through the API
 
 
 def test_a_modelscope_model_takes_its_defaults_and_refuses_motion(app):
@@ -85,7 +87,7 @@ def test_a_modelscope_model_takes_its_defaults_and_refuses_motion(app):
     client = Client(url, verbose=False)
     # Every field empty but steps: the family's defaults, and no motion.
     arguments = ["a kite", "modelscope-tiny-random", "", 5, 1, None, 3, None, None, None, None, None, None, None, None]
-    arguments += [None]
+    arguments += [None, None, None]
     path, metadata, _ = client.predict(*arguments, api_name="/generate")
     meta, frames = read_mp4(Path(path))
     assert frames.shape == (16, 64, 64, 3) and meta["fps"] == pytest.approx(8.0)

@@ -3,6 +3,7 @@
 The runs measure their own process (peak RSS on the CPU): they run the executable, not `main` in the test process."""
 
 import json
+import math
 
 import pytest
 from conftest import run_cli
@@ -80,6 +81,44 @@ def test_markdown_and_chart(bench):
     assert "Memory sweep" in table and "Throughput" in table
     with Image.open(folder / "chart.png") as chart:
         assert chart.format == "PNG" and chart.width == 720
+
+
+def test_fast_section(bench):
+    """Exact and fast mode at intervals 2, 3 and 5 on every backend with a fast mode and on the reference (DeepCache's
+    own helper): fewer FLOPs, the reference's schedule of full and shallow calls and its frames, finite drift."""
+    folder, result = bench
+    fast = result["fast"]
+    assert (fast["intervals"], fast["branch"]) == ([1, 2, 3, 5], 0)
+    contenders = fast["contenders"]
+    assert tuple(contenders) == ("reference", "torch", "onnxruntime", "tensorrt")
+    assert "TensorRT is not installed" in contenders["tensorrt"]["reason"]
+    reference_calls = [(r["unet"]["full_calls"], r["unet"]["shallow_calls"]) for r in contenders["reference"]["runs"]]
+    for name in ("reference", "torch", "onnxruntime"):
+        runs = contenders[name]["runs"]
+        assert [r["cache_interval"] for r in runs] == [1, 2, 3, 5]
+        assert all(r["available"] for r in runs), runs
+        exact = runs[0]
+        assert exact["unet"]["shallow_calls"] == 0 and exact["drift_vs_exact"] == {"max": 0, "mean": 0.0}
+        assert [(r["unet"]["full_calls"], r["unet"]["shallow_calls"]) for r in runs] == reference_calls
+        for row in runs:
+            assert 0 < row["end_to_end_per_video"]["median_s"] <= row["end_to_end_per_video"]["p90_s"]
+            assert row["unet"]["seconds_per_video"] > 0 and row["unet"]["full_call_median_s"] > 0
+            assert row["speedup_vs_exact"] > 0 and row["speedup_vs_reference_exact"] > 0
+            drift = row["drift_vs_exact"]
+            assert drift["max"] >= 0 and math.isfinite(drift["mean"]) and drift["mean"] >= 0
+            assert 0 < row["qc"]["temporal_flickering"] <= 1 and row["qc"]["verdict"]
+            if name != "reference":
+                assert row["diff_vs_reference_same_interval"]["max"] <= 2, "our fast mode renders DeepCache's frames"
+        for row in runs[1:]:
+            assert row["unet"]["shallow_calls"] > 0 and row["unet"]["shallow_call_median_s"] > 0
+            assert row["flops_per_video"] < exact["flops_per_video"] and row["flops_ratio_vs_exact"] < 1
+    table = (folder / "results.md").read_text()
+    assert "## Fast mode (DeepCache)" in table
+    assert "Drift is measured on random weights; quality on trained weights is not measured here." in table
+    for name in ("reference", "torch", "onnxruntime"):
+        for interval in (1, 2, 3, 5):
+            assert f"| {name} | {interval} | " in table
+    assert "| tensorrt | - | not available: TensorRT is not installed" in table
 
 
 def test_modelscope_against_its_own_reference(tmp_path):

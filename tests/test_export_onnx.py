@@ -84,7 +84,8 @@ def test_engine_json_describes_the_export(tiny_engines):
     assert manifest["source"]["model_id"] == "tiny-random"
     assert len(manifest["source"]["weights_sha256"]) == 64
     export = {"frames": 8, "height": None, "width": None, "videos": 1, "dtype": "fp32", "opset": 18}
-    assert manifest["export"] == {**export, "optimized_for": None}
+    assert manifest["export"] == {**export, "optimized_for": None, "fast": True}  # the session's export has --fast
+    assert set(manifest["components"]) == {"text_encoder", "unet", "vae_decoder", "unet_caching", "unet_cached"}
     assert {"torch", "onnx", "diffusers", "transformers", "t2v_fast"} <= set(manifest["tool_versions"])
     unet = manifest["components"]["unet"]
     assert [i["name"] for i in unet["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
@@ -217,6 +218,11 @@ def test_check_prints_errors_and_passes(tiny_engines):
         ("unet", "frames=8,batch=1"),
         ("vae_decoder", "images=8"),
         ("vae_decoder", "images=1"),
+        # Fast mode's graphs (the session's export has them): the full step's noise and feature, and the shallow
+        # branch on the feature torch cached.
+        ("unet_caching", "noise,frames=8,batch=2"),
+        ("unet_caching", "feature,frames=8,batch=2"),
+        ("unet_cached", "frames=8,batch=2"),
     ]
     assert all(float(row[3]) <= TOLERANCE and row[-1] == "pass" for row in rows)
     assert all(float(row[6]) <= float(row[7]) == 1e-4 for row in rows), "judged relative to the output's RMS"

@@ -132,3 +132,20 @@ def test_nightly_takes_a_modelscope_model_without_new_flags(harness, tmp_path):
     sidecar = json.loads((out / "sea.json").read_text())
     assert sidecar["model"]["family"] == "modelscope" and sidecar["params"]["frames"] == 16
     assert read_mp4(out / "kite.mp4")[1].shape == (3, 64, 64, 3)
+
+
+@pytest.mark.server  # the harness: a real, temporary Prefect API
+def test_a_night_in_fast_mode_with_a_row_that_asks_for_the_exact_path(harness, tmp_path):
+    """Fast mode as the night's default (a flow parameter), one row back on the exact path by its column."""
+    from flows.nightly import nightly
+
+    manifest = tmp_path / "prompts.csv"
+    manifest.write_text("id,prompt,seed,cache_interval\nfast,a red kite,1,\nexact,a red kite,1,1\n")
+    out = tmp_path / "out"
+    defaults = {"frames": 2, "steps": 6, "cache_interval": 3}
+    counts = nightly(str(manifest), str(out), model="tiny-random", shard_size=1, defaults=defaults)
+    assert counts == {"done": 2, "skipped": 0, "failed": 0, "rejected": 0}
+    sidecars = {name: json.loads((out / f"{name}.json").read_text()) for name in ("fast", "exact")}
+    assert sidecars["fast"]["params"]["cache_interval"] == 3 and sidecars["exact"]["params"]["cache_interval"] == 1
+    fast, exact = (read_mp4(out / f"{name}.mp4")[1] for name in ("fast", "exact"))
+    assert fast.shape == exact.shape == (2, 64, 64, 3) and (fast != exact).any()

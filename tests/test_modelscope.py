@@ -206,6 +206,24 @@ def test_the_export_records_the_family_and_its_frames(ms_engines):
     assert unet_inputs["sample"] == ["videos", "frames", 4, "latent_height", "latent_width"]
 
 
+def test_fast_mode_on_an_export_without_its_graphs_is_refused_in_one_line(ms_engines, cli, tmp_path):
+    """This export has no `--fast` (the session's `tiny_engines` has): fast mode needs its graphs."""
+    manifest = json.loads((ms_engines / "engine.json").read_text())
+    assert manifest["export"]["fast"] is False
+    assert set(manifest["components"]) == {"text_encoder", "unet", "vae_decoder"}
+    pipeline = load_pipeline(str(ms_engines), backend="onnxruntime")
+    with pytest.raises(UserError, match=r"exported without fast mode's graphs; export again with --fast"):
+        pipeline.generate_video("a cat", cache_interval=2, frames=2, steps=3, progress=False)
+    out = tmp_path / "x.mp4"
+    args = ["--model", str(ms_engines), "--out", str(out), "--cache-interval", "3", "--frames", "2", "--quiet"]
+    result = cli("generate", "a cat", "--backend", "onnxruntime", *args)
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.strip().splitlines() == [
+        f"t2v-fast: error: {ms_engines} was exported without fast mode's graphs; export again with --fast,"
+        " or run fast mode on the torch backend"
+    ]
+
+
 @pytest.mark.parametrize(("videos", "frames", "height", "width"), [(2, 5, 8, 8), (1, 1, 7, 11), (4, 20, 6, 10)])
 def test_exported_unet3d_matches_pytorch_at_other_shapes(ms_engines, videos, frames, height, width):
     import onnxruntime as ort

@@ -124,9 +124,19 @@ def test_a_stochastic_scheduler_draws_each_videos_noise_from_its_own_generator()
 # What request format 1 leaves out of the hash: each family's fixed and family defaults. A changed default changes
 # what an unset parameter means, and sidecars of this format would wrongly still match; a new parameter's default
 # joins the table and leaves them matching.
+# Fast mode's parameters (added after format 1 was written) default to the exact path, so no earlier hash changes.
+FAST_MODE_OFF = {"cache_interval": 1, "cache_branch": 0}
 FORMAT_1_DEFAULTS = {
-    "text2video-zero": {"frames": 8, "steps": 50, "guidance": 7.5, "fps": 4.0, "motion_x": 12.0, "motion_y": 12.0},
-    "modelscope": {"frames": 16, "steps": 50, "guidance": 9.0, "fps": 8.0},
+    "text2video-zero": {
+        "frames": 8,
+        "steps": 50,
+        "guidance": 7.5,
+        "fps": 4.0,
+        **FAST_MODE_OFF,
+        "motion_x": 12.0,
+        "motion_y": 12.0,
+    },
+    "modelscope": {"frames": 16, "steps": 50, "guidance": 9.0, "fps": 8.0, **FAST_MODE_OFF},
 }
 
 

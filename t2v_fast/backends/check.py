@@ -1,8 +1,9 @@
 """`t2v-fast check`: every backend available here against PyTorch, component by component, on the same inputs.
 
-Each backend is called through the pipeline's own interface (encode_text, predict_noise, decode_latents), so what is
-checked is exactly what generation runs. The reference is the source model in float32 on the CPU, after checking that
-its weights are the ones the engine directory was exported from.
+Each backend is called through the pipeline's own interface (encode_text, predict_noise, decode_latents, and fast
+mode's predict_noise_caching and predict_noise_cached where the export has its graphs), so what is checked is exactly
+what generation runs. The reference is the source model in float32 on the CPU, after checking that its weights are
+the ones the engine directory was exported from.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import torch
 
 from t2v_fast.backends.onnxruntime import OnnxRuntimeBackend
 from t2v_fast.backends.torch import TorchBackend
+from t2v_fast.core.deepcache import EXPORTED_BRANCH
 from t2v_fast.core.engine_dir import EngineDir
 from t2v_fast.core.models import load_components
-from t2v_fast.core.networks import COMPONENTS, DECODE_BATCH_SIZE, NETWORKS, dims
+from t2v_fast.core.networks import DECODE_BATCH_SIZE, NETWORKS, dims
 from t2v_fast.errors import UserError
 from t2v_fast.runtime import ModelBackend
 
@@ -26,10 +28,11 @@ from t2v_fast.runtime import ModelBackend
 # mantissas would be ~1e-3), so fp32 means fp32. fp16: half-precision rounding (2^-11 per operation) accumulated
 # through the network; the UNet's matches the project's own full-size test (sd15 fp16 graph against the fp32
 # UNet: 5e-2 on an output of RMS ~1), and so does the VAE decoder's (as deep: torch's own fp16 decoder reaches 2.0e-2
-# against fp32 on modelscope-tiny-random); the text encoder is shallower.
+# against fp32 on modelscope-tiny-random); the text encoder is shallower. Fast mode's graphs are the UNet's layers
+# (the cached one fewer of them): the UNet's tolerance.
 DEFAULT_TOLERANCES = {
-    "fp32": {"text_encoder": 1e-4, "unet": 1e-4, "vae_decoder": 1e-4},
-    "fp16": {"text_encoder": 2e-2, "unet": 5e-2, "vae_decoder": 5e-2},
+    "fp32": {"text_encoder": 1e-4, "unet": 1e-4, "vae_decoder": 1e-4, "unet_caching": 1e-4, "unet_cached": 1e-4},
+    "fp16": {"text_encoder": 2e-2, "unet": 5e-2, "vae_decoder": 5e-2, "unet_caching": 5e-2, "unet_cached": 5e-2},
 }
 
 
@@ -69,10 +72,11 @@ class Case:
     call: Callable[[ModelBackend], torch.Tensor]
 
 
-def _cases(engine_dir: EngineDir, seed: int) -> list[Case]:
+def _cases(engine_dir: EngineDir, seed: int, reference: TorchBackend) -> list[Case]:
     """Calls of every shape generation makes, on fixed random inputs (shapes from the network table): the text batch
     of a guided call (with a repeated prompt) and of one prompt; the UNet at all frames with and without guidance and
-    at the first frame alone; a full and a one-image VAE batch."""
+    at the first frame alone; a full and a one-image VAE batch. With fast mode's graphs, also a guided call at all
+    frames of each: the full step's noise and feature, and the cached step on the feature the reference cached."""
     info, settings = engine_dir.card, engine_dir.export_settings
     videos, frames = settings.videos, settings.frames
     assert frames is not None  # an export records its resolved frame count
@@ -101,7 +105,7 @@ def _cases(engine_dir: EngineDir, seed: int) -> list[Case]:
         latents = inputs("vae_decoder", 1, 1, decoded)["latents"]
         return lambda b: b.decode_latents(cast(b, latents))
 
-    return [
+    cases = [
         Case("text_encoder", f"batch={2 * videos}", text(2 * videos)),
         Case("text_encoder", "batch=1", text(1)),
         Case("unet", f"frames={frames},batch={2 * videos}", unet(2 * videos, frames)),
@@ -109,6 +113,25 @@ def _cases(engine_dir: EngineDir, seed: int) -> list[Case]:
         Case("unet", f"frames={frames},batch={videos}", unet(videos, frames)),
         Case("vae_decoder", f"images={images}", vae(images)),
         Case("vae_decoder", "images=1", vae(1)),
+    ]
+    if "unet_caching" not in engine_dir.networks:
+        return cases
+    made = inputs("unet", 2 * videos, frames, 1)
+    sample, timestep, hidden = made["sample"], made["timestep"], made["encoder_hidden_states"]
+    feature = reference.predict_noise_caching(sample, timestep, hidden, EXPORTED_BRANCH)[1]
+
+    def caching(output: int) -> Callable[[ModelBackend], torch.Tensor]:
+        return lambda b: b.predict_noise_caching(cast(b, sample), timestep, cast(b, hidden), EXPORTED_BRANCH)[output]
+
+    def cached(b: ModelBackend) -> torch.Tensor:
+        return b.predict_noise_cached(cast(b, sample), timestep, cast(b, hidden), cast(b, feature), EXPORTED_BRANCH)
+
+    shape = f"frames={frames},batch={2 * videos}"
+    return [
+        *cases,
+        Case("unet_caching", f"noise,{shape}", caching(0)),
+        Case("unet_caching", f"feature,{shape}", caching(1)),
+        Case("unet_cached", shape, cached),
     ]
 
 
@@ -146,13 +169,13 @@ def check_engine_dir(
             f"model {engine_dir.model_id!r} no longer has the weights {path} was exported from"
             " (weights hash mismatch); export again"
         )
-    unknown = set(tolerances or {}) - set(COMPONENTS)
+    unknown = set(tolerances or {}) - set(engine_dir.networks)
     if unknown:
         raise UserError(
-            f"unknown component(s) in tolerances: {', '.join(sorted(unknown))}; use {', '.join(COMPONENTS)}"
+            f"unknown component(s) in tolerances: {', '.join(sorted(unknown))}; use {', '.join(engine_dir.networks)}"
         )
     reference = TorchBackend(components)
-    cases = _cases(engine_dir, seed)
+    cases = _cases(engine_dir, seed, reference)
     expected = [case.call(reference).float() for case in cases]
     backends, skipped = available_backends(engine_dir)
     results = []
@@ -166,7 +189,7 @@ def check_engine_dir(
 
 def format_report(results: list[ComponentResult], skipped: dict[str, str]) -> str:
     header = (
-        f"{'backend':<12} {'component':<13} {'case':<18} {'max abs err':>12} {'mean abs err':>13}"
+        f"{'backend':<12} {'component':<13} {'case':<26} {'max abs err':>12} {'mean abs err':>13}"
         f" {'ref RMS':>10} {'max/RMS':>10} {'tolerance':>10}"
     )
     lines = [f"{header}  result"]
@@ -174,7 +197,7 @@ def format_report(results: list[ComponentResult], skipped: dict[str, str]) -> st
         errors = f"{r.max_abs_error:>12.3e} {r.mean_abs_error:>13.3e} {r.reference_rms:>10.3e}"
         judged = f"{r.relative_error:>10.3e} {r.tolerance:>10.1e}"
         lines.append(
-            f"{r.backend:<12} {r.component:<13} {r.case:<18} {errors} {judged}  {'pass' if r.passed else 'FAIL'}"
+            f"{r.backend:<12} {r.component:<13} {r.case:<26} {errors} {judged}  {'pass' if r.passed else 'FAIL'}"
         )
     lines.append("tolerance: on the largest error relative to the float32 reference's RMS (max/RMS)")
     lines += [f"{name}: not checked: {reason}" for name, reason in skipped.items()]

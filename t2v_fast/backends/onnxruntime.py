@@ -107,7 +107,9 @@ class OnnxRuntimeBackend:
 
     On a GPU provider the pipeline's tensors stay on the GPU: inputs and outputs are torch CUDA tensors bound by
     address, never copied through host memory. With `cuda_graph` (CUDA provider), each UNet shape is captured once
-    into a CUDA graph (ONNX Runtime's `gpu_graph_id`) over buffers that stay bound, and replayed.
+    into a CUDA graph (ONNX Runtime's `gpu_graph_id`) over buffers that stay bound, and replayed. An export with fast
+    mode's graphs (`t2v-fast export --fast`) runs fast mode's steps on `unet_caching` and `unet_cached`, the feature
+    between them a tensor on the provider's device like the latents.
     """
 
     name = "onnxruntime"
@@ -141,8 +143,9 @@ class OnnxRuntimeBackend:
         # ONNX Runtime computes on torch's current stream, as its own Stable Diffusion helpers do, so that reading
         # the inputs waits for the torch kernels that wrote them; `_run_bound` also covers a later change of stream.
         self.stream = torch.cuda.current_stream(self.device) if on_gpu else None
+        self.engine_dir = engine_dir
         self.sessions = {}
-        for name in NETWORKS:
+        for name in engine_dir.networks:
             chosen = [(p, provider_options(engine_dir, name, p, device_id)) for p in requested]
             if self.stream is not None and requested[0] == "CUDAExecutionProvider":
                 chosen[0][1]["user_compute_stream"] = str(self.stream.cuda_stream)
@@ -150,8 +153,8 @@ class OnnxRuntimeBackend:
                 chosen[0][1]["enable_cuda_graph"] = "1"
             self.sessions[name] = ort.InferenceSession(str(engine_dir.onnx_path(name)), options, providers=chosen)
         self.timesteps = DeviceScalars(self.device)
-        # UNet shape -> (graph id, binding, input buffers, output buffer), for `cuda_graph`
-        self.graphs: dict[tuple, tuple[int, Any, dict[str, torch.Tensor], torch.Tensor]] = {}
+        # UNet shape -> (graph id, binding, input buffers, output buffers), for `cuda_graph`
+        self.graphs: dict[tuple, tuple[int, Any, dict[str, torch.Tensor], list[torch.Tensor]]] = {}
 
     @property
     def placement(self) -> dict[str, Any]:
@@ -165,24 +168,27 @@ class OnnxRuntimeBackend:
 
     def _bound(
         self, component: str, inputs: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]
-    ) -> tuple[Any, torch.Tensor]:
-        """A binding of `inputs` in place and of a new output tensor of the shape the network table gives."""
+    ) -> tuple[Any, list[torch.Tensor]]:
+        """A binding of `inputs` in place and of new output tensors of the shapes the network table gives."""
         network = NETWORKS[component]
         binding = self.sessions[component].io_binding()
         for name, tensor in inputs.items():
             self._bind(binding, name, tensor)
-        output = torch.empty(network.output_shape(shapes, self.card), dtype=self.dtype, device=self.device)
-        self._bind(binding, network.output.name, output, output=True)
-        return binding, output
+        outputs = []
+        for spec, shape in zip(network.outputs, network.output_shapes(shapes, self.card), strict=True):
+            outputs.append(torch.empty(shape, dtype=self.dtype, device=self.device))
+            self._bind(binding, spec.name, outputs[-1], output=True)
+        return binding, outputs
 
-    def _run(self, component: str, **inputs: torch.Tensor) -> torch.Tensor:
+    def _run(self, component: str, **inputs: torch.Tensor) -> list[torch.Tensor]:
+        """The network's outputs, in the order of the network table."""
         inputs = {name: tensor.to(self.device).contiguous() for name, tensor in inputs.items()}
         shapes = {name: tuple(tensor.shape) for name, tensor in inputs.items()}
         if component == "unet" and self.cuda_graph:
             return self._replay(shapes, inputs)
-        binding, output = self._bound(component, inputs, shapes)
+        binding, outputs = self._bound(component, inputs, shapes)
         self._run_bound(component, binding)
-        return output
+        return outputs
 
     def _run_bound(self, component: str, binding: Any, run_options: Any = None) -> None:
         """Run with bound tensors in stream order: the inputs torch wrote (or copied into a CUDA graph's buffers)
@@ -195,31 +201,73 @@ class OnnxRuntimeBackend:
         self.sessions[component].run_with_iobinding(binding, run_options)
         binding.synchronize_outputs()
 
-    def _replay(self, shapes: dict[str, tuple[int, ...]], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _replay(self, shapes: dict[str, tuple[int, ...]], inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """One CUDA graph per UNet shape: the first run at a shape captures it, later runs copy inputs and replay."""
         import onnxruntime as ort
 
         key = tuple(sorted(shapes.items()))
         if key not in self.graphs:
             buffers = {name: torch.empty_like(tensor) for name, tensor in inputs.items()}
-            binding, output = self._bound("unet", buffers, shapes)
-            self.graphs[key] = (len(self.graphs) + 1, binding, buffers, output)
-        graph_id, binding, buffers, output = self.graphs[key]
+            binding, outputs = self._bound("unet", buffers, shapes)
+            self.graphs[key] = (len(self.graphs) + 1, binding, buffers, outputs)
+        graph_id, binding, buffers, outputs = self.graphs[key]
         for name, tensor in inputs.items():
             buffers[name].copy_(tensor)
         run_options = ort.RunOptions()
         run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
         self._run_bound("unet", binding, run_options)
-        return output.clone()
+        return [output.clone() for output in outputs]
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self._run("text_encoder", input_ids=input_ids.long())
+        return self._run("text_encoder", input_ids=input_ids.long())[0]
 
     def predict_noise(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         timestep = self.timesteps.get(timestep)
-        return self._run("unet", sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states)
+        return self._run("unet", sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states)[0]
+
+    def check_fast_mode(self, branch: int) -> None:
+        """Refuse a fast-mode request these sessions cannot run: fast mode runs the exported fast graphs (for one
+        branch), and CUDA graphs are captured for the exact path's UNet only."""
+        self.engine_dir.check_fast_mode(branch)
+        if self.cuda_graph:
+            raise UserError(
+                "fast mode (cache_interval > 1) does not run with --cuda-graph, whose graphs replay the exact path's"
+                " UNet only; drop one of the two"
+            )
+
+    def predict_noise_caching(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, branch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The feature stays a tensor on the provider's device, bound in place again by `predict_noise_cached`.
+
+        Fast mode's first call of every denoising loop: a request these graphs cannot run is refused here, before
+        any UNet work."""
+        self.check_fast_mode(branch)
+        timestep = self.timesteps.get(timestep)
+        noise, feature = self._run(
+            "unet_caching", sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states
+        )
+        return noise, feature
+
+    def predict_noise_cached(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        feature: torch.Tensor,
+        branch: int,
+    ) -> torch.Tensor:
+        self.check_fast_mode(branch)
+        timestep = self.timesteps.get(timestep)
+        return self._run(
+            "unet_cached",
+            sample=sample,
+            timestep=timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            feature=feature,
+        )[0]
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self._run("vae_decoder", latents=latents)
+        return self._run("vae_decoder", latents=latents)[0]

@@ -3,8 +3,9 @@
 Split as in NVIDIA's TensorRT diffusion demo: building is `export.tensorrt_build` (ONNX -> engine, strongly typed,
 with optimisation profiles from `t2v_fast.core.profiles` and a timing cache), `TrtEngine` (one engine, one execution
 context per profile, named I/O bound to device buffers, CUDA graphs per shape for fixed-shape profiles) and
-`TensorRTBackend` (three engines on one CUDA stream, sharing one block of device memory). Engines are recorded in
-`engine.json`; loading refuses an engine whose ONNX or model hash, TensorRT version, GPU or precision does not match.
+`TensorRTBackend` (three engines, five with fast mode's, on one CUDA stream, sharing one block of device memory).
+Engines are recorded in `engine.json`; loading refuses an engine whose ONNX or model hash, TensorRT version, GPU or
+precision does not match.
 
 Precision is carried by the ONNX file (`t2v-fast export --dtype fp16`) and the network is built strongly typed, as
 NVIDIA's demo does: TensorRT 11 removed the weakly typed fp16/bf16 builder flags, so this works on 10.x and 11.x.
@@ -24,7 +25,7 @@ import torch
 
 from t2v_fast.backends.torch import DeviceScalars
 from t2v_fast.core.engine_dir import EngineDir, EngineRecord
-from t2v_fast.core.networks import COMPONENTS
+from t2v_fast.core.networks import NETWORKS
 from t2v_fast.core.profiles import check_in_profiles, is_fixed
 from t2v_fast.errors import UserError
 
@@ -125,7 +126,11 @@ class TrtEngine:
         if self.engine is None:
             raise UserError(f"TensorRT could not load {record.file}; rebuild it with t2v-fast build")
         self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.output = next(n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        # Returned in the network table's order (the backend unpacks them by position, as ONNX Runtime's).
+        self.outputs = NETWORKS[record.component].output_names
+        built = {n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT}
+        if built != set(self.outputs):
+            raise UserError(f"{record.file} has outputs {sorted(built)}, not {self.outputs}; rebuild it")
         # Memory is provided by the backend (one block for every context of every engine: they run one at a time).
         strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
         self.contexts = [self.engine.create_execution_context(strategy) for _ in self.profiles]
@@ -182,7 +187,8 @@ class TrtEngine:
         if not context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"TensorRT execution of {self.component} failed")
 
-    def __call__(self, **inputs: torch.Tensor) -> torch.Tensor:
+    def __call__(self, **inputs: torch.Tensor) -> list[torch.Tensor]:
+        """The engine's outputs for these inputs, in the network table's order (copies: the buffers are reused)."""
         shapes = {name: tuple(tensor.shape) for name, tensor in inputs.items()}
         index = check_in_profiles(self.component, shapes, self.profiles)
         key = (index, tuple(sorted(shapes.items())))
@@ -203,13 +209,23 @@ class TrtEngine:
                     self._enqueue(context)
                 self.graphs[key] = graph
                 graph.replay()
-            result = buffers[self.output].clone()
+            results = [buffers[name].clone() for name in self.outputs]
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        return result
+        return results
 
 
 class TensorRTBackend:
-    """Text encoder, UNet and VAE decoder engines of an engine directory, on one CUDA stream and one memory block."""
+    """Text encoder, UNet and VAE decoder engines of an engine directory, on one CUDA stream and one memory block.
+
+    With an export's fast graphs (`t2v-fast export --fast`), fast mode runs two engines more, `unet_caching` and
+    `unet_cached`, rather than one engine for both steps: an engine runs its whole network on every enqueue, so a
+    single one would compute the deep branch on the cached steps too, unless it chose its path with a conditional
+    layer, which the exported graphs do not have (torch.export traces one path) and across which TensorRT does not
+    fuse. The two steps' inputs and outputs differ as well (the feature is the full step's output and the cached
+    step's input). As separate engines each is built, profiled and recorded like the others, checked for staleness
+    against its own ONNX file, and the exact path's `unet` engine stays as it is. They share the memory block (they run
+    one at a time); the weights they hold are their own (the caching engine a full copy of the UNet's).
+    """
 
     name = "tensorrt"
 
@@ -222,9 +238,10 @@ class TensorRTBackend:
         capability = compute_capability(self.device)
         precision = precision or engine_dir.export_settings.dtype
         self.card = engine_dir.card
+        self.engine_dir = engine_dir
         self.stream = torch.cuda.Stream(self.device)
         self.engines = {}
-        for component in COMPONENTS:
+        for component in engine_dir.networks:
             record = select_engine(engine_dir, component, trt.__version__, capability, precision)
             self.engines[component] = TrtEngine(load_plan(engine_dir, record), record, self.device, self.stream)
         size = max(engine.device_memory_size for engine in self.engines.values())
@@ -245,14 +262,46 @@ class TensorRTBackend:
             check_in_profiles("unet", shapes, self.engines["unet"].profiles)
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.engines["text_encoder"](input_ids=input_ids.to(self.device, torch.int64))
+        return self.engines["text_encoder"](input_ids=input_ids.to(self.device, torch.int64))[0]
 
     def predict_noise(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         return self.engines["unet"](
             sample=sample, timestep=self.timesteps.get(timestep), encoder_hidden_states=encoder_hidden_states
+        )[0]
+
+    def check_fast_mode(self, branch: int) -> None:
+        """Refuse a fast-mode request these engines cannot run (an export without fast mode's graphs, another
+        branch)."""
+        self.engine_dir.check_fast_mode(branch)
+
+    def predict_noise_caching(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, branch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fast mode's first call of every denoising loop: a request these engines cannot run is refused here,
+        before any UNet work. The feature stays a tensor on the GPU."""
+        self.check_fast_mode(branch)
+        noise, feature = self.engines["unet_caching"](
+            sample=sample, timestep=self.timesteps.get(timestep), encoder_hidden_states=encoder_hidden_states
         )
+        return noise, feature
+
+    def predict_noise_cached(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        feature: torch.Tensor,
+        branch: int,
+    ) -> torch.Tensor:
+        self.check_fast_mode(branch)
+        return self.engines["unet_cached"](
+            sample=sample,
+            timestep=self.timesteps.get(timestep),
+            encoder_hidden_states=encoder_hidden_states,
+            feature=feature,
+        )[0]
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.engines["vae_decoder"](latents=latents)
+        return self.engines["vae_decoder"](latents=latents)[0]

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from t2v_fast.core.deepcache import CachedUNet, CachingUNet
 from t2v_fast.core.models import ModelCard, ModelComponents
 from t2v_fast.core.networks import NETWORKS
 from t2v_fast.families.modelscope.unet3d import chunk_feed_forward
@@ -70,6 +71,7 @@ class TorchBackend:
             channels_last_convolutions(self.unet)
             channels_last_convolutions(self.vae)
         self.timesteps = DeviceScalars(self.device)
+        self.splits: dict[int, tuple[CachingUNet, CachedUNet]] = {}  # fast mode's, by branch; made when first used
         self.run_unet: Callable[..., Any] = self.unet
         if compile_unet:
             # On GPU, CUDA graphs remove the per-kernel launch cost; autotuning would cost minutes per shape.
@@ -89,6 +91,29 @@ class TorchBackend:
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         return self.run_unet(sample, self.timesteps.get(timestep), encoder_hidden_states)
+
+    def _split(self, branch: int) -> tuple[CachingUNet, CachedUNet]:
+        """Fast mode's two modules for a branch, over the same UNet (weights, memory savings and layout shared)."""
+        if branch not in self.splits:
+            self.splits[branch] = (CachingUNet(self.unet, branch), CachedUNet(self.unet, branch))
+        return self.splits[branch]
+
+    @torch.inference_mode()
+    def predict_noise_caching(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, branch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._split(branch)[0](sample, self.timesteps.get(timestep), encoder_hidden_states)
+
+    @torch.inference_mode()
+    def predict_noise_cached(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        feature: torch.Tensor,
+        branch: int,
+    ) -> torch.Tensor:
+        return self._split(branch)[1](sample, self.timesteps.get(timestep), encoder_hidden_states, feature)
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

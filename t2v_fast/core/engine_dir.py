@@ -20,7 +20,7 @@ from typing import Any
 from t2v_fast.atomic import atomic_path
 from t2v_fast.core.families import FAMILIES, TASKS, TEXT_TO_VIDEO
 from t2v_fast.core.models import ModelCard
-from t2v_fast.core.networks import COMPONENTS
+from t2v_fast.core.networks import COMPONENTS, FAST_NETWORKS
 from t2v_fast.errors import UserError
 
 ENGINE_JSON = "engine.json"
@@ -40,6 +40,9 @@ class ExportSettings:
     # "onnxruntime-cuda": graphs fused by ONNX Runtime's optimiser for its CUDA provider (contrib operators that only
     # that provider runs); None: plain ONNX for any runtime.
     optimized_for: str | None = None
+    # Fast mode's graphs too (`unet_caching`, `unet_cached`, for `EXPORTED_BRANCH`): the first holds a copy of the
+    # UNet's weights, the second those of its shallow branch.
+    fast: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,16 +174,16 @@ class EngineDir:
                 )
         _require(manifest, "export", dict, where)
         components = _require(manifest, "components", dict, where)
-        for name in COMPONENTS:
+        engine_dir = cls(path, manifest)
+        for name in engine_dir.networks:
             entry = _require(components, name, dict, f"{where} components")
             for key in ("file", "sha256"):
                 _require(entry, key, str, f"{where} components.{name}")
             for key in ("inputs", "outputs"):
                 _require(entry, key, list, f"{where} components.{name}")
         _require(manifest, "engines", dict, where)
-        engine_dir = cls(path, manifest)
         if verify_hashes:
-            for name in COMPONENTS:
+            for name in engine_dir.networks:
                 engine_dir.verify_onnx(name)
         return engine_dir
 
@@ -202,6 +205,25 @@ class EngineDir:
     @property
     def export_settings(self) -> ExportSettings:
         return ExportSettings(**self.manifest["export"])
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """The networks exported here, each a component of `engine.json`: fast mode's two only with `--fast`."""
+        return (*COMPONENTS, *FAST_NETWORKS) if self.export_settings.fast else COMPONENTS
+
+    def check_fast_mode(self, branch: int) -> None:
+        """Refuse a fast-mode request that these graphs cannot run: an export without them, or another branch than
+        the one they were built for (a branch's feature shape is fixed in the graphs)."""
+        if not self.export_settings.fast:
+            raise UserError(
+                f"{self.path} was exported without fast mode's graphs; export again with --fast,"
+                " or run fast mode on the torch backend"
+            )
+        exported = self.component("unet_caching").config["cache_branch"]
+        if branch != exported:
+            raise UserError(
+                f"exported fast graphs are for cache_branch {exported}; cache_branch {branch} runs on the torch backend"
+            )
 
     def check_runs_on(self, runtime: str) -> None:
         """Refuse a runtime that cannot run these graphs: an export optimised for one runtime holds operators only it

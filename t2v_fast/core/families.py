@@ -130,13 +130,13 @@ def param_owners() -> dict[str, str]:
 
 
 def all_params() -> tuple[ParamInfo, ...]:
-    """Every parameter of every family, common ones first, each once, with its owner: for the command line, the
-    manifest columns and the web app."""
+    """Every parameter of every family, common ones first, each once, with its owner, those of a section (fast
+    mode) last: for the command line, the manifest columns and the web app."""
     found: dict[str, ParamInfo] = {}
     for family in FAMILIES.values():
         for info in param_infos(family.params, family.title):
             found.setdefault(info.name, info)
-    return tuple(found.values())
+    return tuple(sorted(found.values(), key=lambda info: info.section != ""))
 
 
 def defaults_by_family(param: str) -> str:

@@ -21,6 +21,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from t2v_fast.core.choices import DTYPE_NAMES
+from t2v_fast.core.deepcache import EXPORTED_BRANCH, branch_count, feature_channels
 from t2v_fast.core.families import (
     TEXT2VIDEO_ZERO,
     TEXT_TO_VIDEO,
@@ -99,6 +100,10 @@ class ModelCard:
     text_dim: int
     task: str = TEXT_TO_VIDEO.name  # engine directories exported before tasks existed are text-to-video
     weights_sha256: str = ""
+    # Fast mode (`t2v_fast.core.deepcache`): the UNet's branches, and the channels of the exported branch's feature
+    # (0: unknown, in engine directories exported before fast mode).
+    cache_branches: int = 0
+    cache_feature_channels: int = 0
     scheduler: Any = field(default=None, compare=False, repr=False)
     tokenizer: Any = field(default=None, compare=False, repr=False)
 
@@ -116,6 +121,9 @@ class ModelCard:
         t2v-fast does not run (`t2v_fast.core.families.identify`)."""
         family, task = identify(model_id, model_index, configs["unet"], configs["vae"])
         scale = vae_scale_factor(configs["vae"])
+        blocks = tuple(configs["unet"]["block_out_channels"])
+        layers = configs["unet"].get("layers_per_block", 2)
+        layers = layers if isinstance(layers, int) else layers[0]  # per block in some configs; level 0's here
         return cls(
             model_id=model_id,
             family=family.name,
@@ -126,6 +134,8 @@ class ModelCard:
             text_dim=configs["text_encoder"]["hidden_size"],
             task=task.name,
             weights_sha256=weights_sha256,
+            cache_branches=branch_count(len(blocks)),
+            cache_feature_channels=feature_channels(blocks, layers, EXPORTED_BRANCH),
             scheduler=scheduler,
             tokenizer=tokenizer,
         )

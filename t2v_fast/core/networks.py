@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from t2v_fast.attention_plugin import VideoUNet
+from t2v_fast.core.deepcache import EXPORTED_BRANCH, CachedUNet, CachingUNet
 from t2v_fast.core.families import MODELSCOPE, TEXT2VIDEO_ZERO
 from t2v_fast.core.models import ModelCard, ModelComponents
 from t2v_fast.families.modelscope.unet3d import VideoUNet3D
@@ -95,11 +96,15 @@ class NetworkSpec:
     build: Callable[[ModelComponents], nn.Module]
     config: Callable[[ModelComponents], dict[str, Any]]
     inputs: tuple[TensorSpec, ...]
-    output: TensorSpec
+    outputs: tuple[TensorSpec, ...]
 
     @property
     def input_names(self) -> list[str]:
         return [spec.name for spec in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [spec.name for spec in self.outputs]
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {spec.name: spec.dynamic_axes() for spec in self.inputs}
@@ -123,8 +128,8 @@ class NetworkSpec:
                 made[spec.name] = torch.randn(shape, generator=generator, dtype=dtype)
         return made
 
-    def output_shape(self, shapes: dict[str, tuple[int, ...]], info: ModelCard) -> list[int]:
-        """The output's shape for these input shapes: every symbol read off the inputs, pixels from latents."""
+    def output_shapes(self, shapes: dict[str, tuple[int, ...]], info: ModelCard) -> list[list[int]]:
+        """Each output's shape for these input shapes: every symbol read off the inputs, pixels from latents."""
         values = model_dims(info)
         for spec in self.inputs:
             values.update(
@@ -132,7 +137,7 @@ class NetworkSpec:
             )
         scale = info.vae_scale_factor
         values.update(height=values.get("latent_height", 0) * scale, width=values.get("latent_width", 0) * scale)
-        return self.output.resolve(values)
+        return [spec.resolve(values) for spec in self.outputs]
 
     def profile(self, low: dict[str, int], opt: dict[str, int], high: dict[str, int]) -> dict[str, list[list[int]]]:
         """Per input, [min, opt, max] shapes for a TensorRT optimisation profile."""
@@ -141,7 +146,12 @@ class NetworkSpec:
 
 def model_dims(info: ModelCard) -> dict[str, int]:
     """The fixed symbols: facts of the model."""
-    return {"tokens": info.text_max_length, "text_dim": info.text_dim, "channels": info.latent_channels}
+    return {
+        "tokens": info.text_max_length,
+        "text_dim": info.text_dim,
+        "channels": info.latent_channels,
+        "feature_channels": info.cache_feature_channels,
+    }
 
 
 def dims(info: ModelCard, *, videos: int, frames: int, height: int, width: int, images: int) -> dict[str, int]:
@@ -166,31 +176,56 @@ VIDEO_UNETS: dict[str, Callable[[Any], nn.Module]] = {
     MODELSCOPE.name: VideoUNet3D,
 }
 
+LATENTS = ("videos", "frames", "channels", "latent_height", "latent_width")
+UNET_INPUTS = (
+    TensorSpec("sample", LATENTS),
+    TensorSpec("timestep", (), dtype="int64", example="timestep"),
+    TensorSpec("encoder_hidden_states", ("videos", "tokens", "text_dim")),
+)
+NOISE = TensorSpec("noise", LATENTS)
+# What fast mode's full step caches for `EXPORTED_BRANCH`: the hidden state entering the UNet's last up layer, at the
+# latents' resolution (`t2v_fast.core.deepcache`).
+FEATURE = TensorSpec("feature", ("videos", "frames", "feature_channels", "latent_height", "latent_width"))
+
 NETWORKS: dict[str, NetworkSpec] = {
     "text_encoder": NetworkSpec(
         name="text_encoder",
         build=lambda c: TextEncoder(c.text_encoder),
         config=lambda c: c.text_encoder.config.to_dict(),
         inputs=(TensorSpec("input_ids", ("batch", "tokens"), dtype="int64", example="token_ids"),),
-        output=TensorSpec("text_embeddings", ("batch", "tokens", "text_dim")),
+        outputs=(TensorSpec("text_embeddings", ("batch", "tokens", "text_dim")),),
     ),
     "unet": NetworkSpec(
         name="unet",
         build=lambda c: VIDEO_UNETS[c.card.family](c.unet),
         config=lambda c: dict(c.unet.config),
-        inputs=(
-            TensorSpec("sample", ("videos", "frames", "channels", "latent_height", "latent_width")),
-            TensorSpec("timestep", (), dtype="int64", example="timestep"),
-            TensorSpec("encoder_hidden_states", ("videos", "tokens", "text_dim")),
-        ),
-        output=TensorSpec("noise", ("videos", "frames", "channels", "latent_height", "latent_width")),
+        inputs=UNET_INPUTS,
+        outputs=(NOISE,),
     ),
     "vae_decoder": NetworkSpec(
         name="vae_decoder",
         build=lambda c: VaeDecoder(c.vae),
         config=lambda c: dict(c.vae.config),
         inputs=(TensorSpec("latents", ("images", "channels", "latent_height", "latent_width")),),
-        output=TensorSpec("images", ("images", 3, "height", "width")),
+        outputs=(TensorSpec("images", ("images", 3, "height", "width")),),
+    ),
+    # Fast mode's two graphs (`t2v-fast export --fast`): the full step that also returns the feature, and the shallow
+    # branch that takes it. Their config records the branch they were built for.
+    "unet_caching": NetworkSpec(
+        name="unet_caching",
+        build=lambda c: CachingUNet(VIDEO_UNETS[c.card.family](c.unet), EXPORTED_BRANCH),
+        config=lambda c: {**dict(c.unet.config), "cache_branch": EXPORTED_BRANCH},
+        inputs=UNET_INPUTS,
+        outputs=(NOISE, FEATURE),
+    ),
+    "unet_cached": NetworkSpec(
+        name="unet_cached",
+        build=lambda c: CachedUNet(VIDEO_UNETS[c.card.family](c.unet), EXPORTED_BRANCH),
+        config=lambda c: {**dict(c.unet.config), "cache_branch": EXPORTED_BRANCH},
+        inputs=(*UNET_INPUTS, FEATURE),
+        outputs=(NOISE,),
     ),
 }
-COMPONENTS = tuple(NETWORKS)
+# Exported only on request, so an engine directory may lack them; every other network is in every one.
+FAST_NETWORKS = ("unet_caching", "unet_cached")
+COMPONENTS = tuple(name for name in NETWORKS if name not in FAST_NETWORKS)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 MAX_SEED = 2**63 - 1
 DEFAULT_STEPS = 50
 MIN_STEPS = 2
+FAST_MODE = "fast mode (DeepCache)"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class ParamInfo:
     derived: str = ""  # how the default is derived when none is set, for help texts ("" when fixed)
     default: Any = None  # the fixed default, if any
     owner: str = ""  # the family or task whose parameter it is ("" for common ones), set by `param_infos`
+    # A group of its own, listed after every family's parameters on every surface (so that adding one keeps the
+    # positions of the others, e.g. the web API's inputs); "" for the plain ones.
+    section: str = ""
 
     @property
     def flag(self) -> str:
@@ -87,9 +91,10 @@ def param(
     size: bool = False,
     family_default: bool = False,
     derived: str = "",
+    section: str = "",
 ) -> Any:
     """A parameter field; see `ParamInfo`. The dataclass default is the fixed default (None when it has none)."""
-    info = ParamInfo("", kind, help, label, minimum, exclusive, size, family_default, derived, default)
+    info = ParamInfo("", kind, help, label, minimum, exclusive, size, family_default, derived, default, section=section)
     return field(default=default, metadata={"param": info})
 
 
@@ -114,6 +119,23 @@ class CommonParams:
     fps: float = param(
         float, "frames per second of the MP4", "Frames per second", minimum=0.0, exclusive=True, family_default=True
     )
+    # Fast mode (DeepCache, `t2v_fast.core.deepcache`); the defaults are the exact path.
+    cache_interval: int = param(
+        int,
+        "fast mode (DeepCache): the whole UNet every N steps, only its shallow branch between (1: off, exact)",
+        "Fast mode: cache interval (1 = exact)",
+        default=1,
+        minimum=1,
+        section=FAST_MODE,
+    )
+    cache_branch: int = param(
+        int,
+        "fast mode: the skip branch whose deep features are reused (DeepCache's numbering; 0: the fastest)",
+        "Fast mode: cache branch",
+        default=0,
+        minimum=0,
+        section=FAST_MODE,
+    )
 
     # Fields that are optional even once resolved (None has a meaning of its own, e.g. "no chunking").
     optional: ClassVar[tuple[str, ...]] = ()
@@ -124,6 +146,10 @@ class CommonParams:
         fields; `problems` are those already found (a derivation skips what they make meaningless)."""
         values.setdefault("height", card.native_size)
         values.setdefault("width", card.native_size)
+        branch = values["cache_branch"]  # always set: it has a fixed default
+        said = any("cache_branch" in p.fields for p in problems)  # not an integer, or negative: said once
+        if card.cache_branches and not said:  # 0: an engine folder's card from before fast mode
+            return branch_problems(branch, card.cache_branches)
         return []
 
     def as_dict(self) -> dict[str, Any]:
@@ -243,6 +269,13 @@ def integer_problems(
     if value < minimum:
         return [ParamProblem((name,), f"{name} must be >= {minimum}, got {value}")]
     return []
+
+
+def branch_problems(branch: int, branches: int) -> list[ParamProblem]:
+    """Fast mode's branch must be one of the UNet's (`t2v_fast.core.deepcache`)."""
+    if 0 <= branch < branches:
+        return []
+    return [ParamProblem(("cache_branch",), f"cache_branch must be in [0, {branches - 1}] for this UNet, got {branch}")]
 
 
 def number_problems(name: str, value: Any, minimum: float | None = None, exclusive: bool = False) -> list[ParamProblem]:

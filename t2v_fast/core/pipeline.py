@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTokenizer
 
 from t2v_fast._version import __version__
+from t2v_fast.core.deepcache import DeepCache
 from t2v_fast.core.guidance import ClassifierFreeGuidance
 from t2v_fast.core.models import Scheduler, dtype_name
 from t2v_fast.core.networks import DECODE_BATCH_SIZE
@@ -56,6 +57,7 @@ class Batch:
     text_embeddings: torch.Tensor
     guider: ClassifierFreeGuidance
     generators: list[torch.Generator]
+    deep_cache: DeepCache | None = None  # fast mode's schedule; None: every step runs the whole UNet
 
 
 def expand_requests(
@@ -166,13 +168,17 @@ class VideoPipeline(ABC):
         requests, request_issues = plan_requests(prompt, negative_prompt, seed, videos_per_prompt)
         raise_problems([*request_issues, *problems])  # every problem at once, the request's first
         assert settings is not None
+        check_fast_mode = getattr(self.backend, "check_fast_mode", None)  # engine backends: graphs for one branch
+        if settings.cache_interval > 1 and check_fast_mode is not None:
+            check_fast_mode(settings.cache_branch)  # before any work
         timings = {"encode_text_s": 0.0, "denoise_s": 0.0, "decode_s": 0.0}
 
         guider = GUIDERS[self.card.task_record.guidance](settings.guidance)
         with timed(timings, "encode_text_s"):
             text_embeddings = self.encode_prompts(requests, guider.enabled)
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]
-        batch = Batch(requests, text_embeddings, guider, generators)
+        fast = DeepCache(settings.cache_interval, settings.cache_branch) if settings.cache_interval > 1 else None
+        batch = Batch(requests, text_embeddings, guider, generators, fast)
         frames = self.render(batch, settings, timings, progress)
         timings["total_s"] = time.perf_counter() - started
 
@@ -231,13 +237,21 @@ class VideoPipeline(ABC):
         bar: tqdm | None,
     ) -> torch.Tensor:
         """Scheduler steps with the batch's guidance around the backend's UNet. A stochastic scheduler (Euler
-        ancestral) draws each video's step noise from that video's generator, so the seed rule holds for it too."""
+        ancestral) draws each video's step noise from that video's generator, so the seed rule holds for it too.
+
+        In fast mode, the deep feature is cached by this loop only: each call (a phase of the family's algorithm, a
+        chunk) starts with a full step at its own batch shape (`t2v_fast.core.deepcache`)."""
         step_options = {"generator": batch.generators} if _takes_generator(scheduler) else {}
-        for t in timesteps:
+        cache, feature = batch.deep_cache, None
+        for step, t in enumerate(timesteps):
             model_input = scheduler.scale_model_input(batch.guider.batch(latents), t)
-            predicted = self.backend.predict_noise(
-                sample=model_input, timestep=t, encoder_hidden_states=batch.text_embeddings
-            )
+            unet_inputs = {"sample": model_input, "timestep": t, "encoder_hidden_states": batch.text_embeddings}
+            if cache is None:
+                predicted = self.backend.predict_noise(**unet_inputs)
+            elif cache.is_full_step(step):
+                predicted, feature = self.backend.predict_noise_caching(**unet_inputs, branch=cache.branch)
+            else:
+                predicted = self.backend.predict_noise_cached(**unet_inputs, feature=feature, branch=cache.branch)
             noise = batch.guider.combine(predicted)
             latents = scheduler.step(noise, t, latents, **step_options).prev_sample
             if bar is not None:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
+from t2v_fast.core.deepcache import BlockContext
+
 if TYPE_CHECKING:
     from diffusers.models import UNet3DConditionModel
 
@@ -38,36 +40,50 @@ class VideoUNet3D(nn.Module):
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         unet = self.unet
-        videos, frames = sample.shape[:2]
-        time_embedding = unet.time_proj(timestep.reshape(1).expand(videos)).to(sample.dtype)
-        emb = per_frame(unet.time_embedding(time_embedding), frames)
-        context = per_frame(encoder_hidden_states, frames)
-
-        x = unet.conv_in(sample.flatten(0, 1))
-        x = unet.transformer_in(x, num_frames=frames, return_dict=False)[0]
-        skips = (x,)
+        x, parts = self.embed(sample, timestep, encoder_hidden_states)
+        skips: tuple[torch.Tensor, ...] = (x,)
         for block in unet.down_blocks:
-            text = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
-            x, block_skips = block(hidden_states=x, temb=emb, num_frames=frames, **text)
+            text = {"encoder_hidden_states": parts.text} if getattr(block, "has_cross_attention", False) else {}
+            x, block_skips = block(hidden_states=x, temb=parts.temb, num_frames=parts.frames, **text)
             skips += block_skips
 
-        x = unet.mid_block(x, emb, encoder_hidden_states=context, num_frames=frames)
+        x = self.middle(x, parts)
 
         for block in unet.up_blocks:
             resnets = len(cast(nn.ModuleList, block.resnets))  # an up block's; ModuleList items are plain Modules
             block_skips, skips = skips[-resnets:], skips[:-resnets]
             upsample_size = skips[-1].shape[2:] if skips else None  # the last block does not upsample
-            text = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+            text = {"encoder_hidden_states": parts.text} if getattr(block, "has_cross_attention", False) else {}
             x = block(
                 hidden_states=x,
-                temb=emb,
+                temb=parts.temb,
                 res_hidden_states_tuple=block_skips,
                 upsample_size=upsample_size,
-                num_frames=frames,
+                num_frames=parts.frames,
                 **text,
             )
-        x = unet.conv_out(unet.conv_act(unet.conv_norm_out(x)))
-        return x.unflatten(0, (videos, frames))
+        return self.finish(x, parts)
+
+    # The steps around the blocks, shared by `forward` and fast mode's split (`t2v_fast.core.deepcache`).
+
+    def embed(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> tuple[torch.Tensor, BlockContext]:
+        """Time embedding and text per frame, the input convolution and the temporal transformer."""
+        unet = self.unet
+        videos, frames = sample.shape[:2]
+        time_embedding = unet.time_proj(timestep.reshape(1).expand(videos)).to(sample.dtype)
+        emb = per_frame(unet.time_embedding(time_embedding), frames)
+        context = BlockContext(videos, frames, emb, per_frame(encoder_hidden_states, frames), None)
+        x = unet.conv_in(sample.flatten(0, 1))
+        return unet.transformer_in(x, num_frames=frames, return_dict=False)[0], context
+
+    def middle(self, hidden: torch.Tensor, context: BlockContext) -> torch.Tensor:
+        return self.unet.mid_block(hidden, context.temb, encoder_hidden_states=context.text, num_frames=context.frames)
+
+    def finish(self, hidden: torch.Tensor, context: BlockContext) -> torch.Tensor:
+        unet = self.unet
+        return unet.conv_out(unet.conv_act(unet.conv_norm_out(hidden))).unflatten(0, (context.videos, context.frames))
 
 
 class TokenChunkedFeedForward(nn.Module):
