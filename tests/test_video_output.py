@@ -34,6 +34,8 @@ PARAM_FIELDS = {
     "t1",
     "chunk_size",
     "fps",
+    "cache_interval",  # fast mode (DeepCache); 1: the exact path
+    "cache_branch",
 }
 
 
