@@ -259,7 +259,7 @@ class OnnxRuntimeBackend:
         feature: torch.Tensor,
         branch: int,
     ) -> torch.Tensor:
-        self.check_fast_mode(branch)
+        """Checked by `predict_noise_caching`, the full step that starts every loop and made `feature`."""
         timestep = self.timesteps.get(timestep)
         return self._run(
             "unet_cached",

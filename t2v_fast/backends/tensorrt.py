@@ -295,7 +295,7 @@ class TensorRTBackend:
         feature: torch.Tensor,
         branch: int,
     ) -> torch.Tensor:
-        self.check_fast_mode(branch)
+        """Checked by `predict_noise_caching`, the full step that starts every loop and made `feature`."""
         return self.engines["unet_cached"](
             sample=sample,
             timestep=self.timesteps.get(timestep),

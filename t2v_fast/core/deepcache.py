@@ -212,30 +212,32 @@ def run_cached(
     return video_unet.finish(hidden, context)
 
 
-class CachingUNet(nn.Module):
-    """A video UNet's full step that also returns the feature its branch caches: the exported `unet_caching`."""
+class _SplitUNet(nn.Module):
+    """A video UNet and where a branch cuts it: what both of fast mode's modules hold."""
 
     def __init__(self, video_unet: nn.Module, branch: int):
         super().__init__()
         self.video_unet = video_unet
-        self.cut = Cut.of(cast(VideoUNetParts, video_unet).unet, branch)
+        self.cut = Cut.of(self.parts.unet, branch)
+
+    @property
+    def parts(self) -> VideoUNetParts:
+        return cast(VideoUNetParts, self.video_unet)
+
+
+class CachingUNet(_SplitUNet):
+    """A video UNet's full step that also returns the feature its branch caches: the exported `unet_caching`."""
 
     def forward(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return run_caching(cast(VideoUNetParts, self.video_unet), self.cut, sample, timestep, encoder_hidden_states)
+        return run_caching(self.parts, self.cut, sample, timestep, encoder_hidden_states)
 
 
-class CachedUNet(nn.Module):
+class CachedUNet(_SplitUNet):
     """A video UNet's shallow branch from a cached feature: the exported `unet_cached`."""
-
-    def __init__(self, video_unet: nn.Module, branch: int):
-        super().__init__()
-        self.video_unet = video_unet
-        self.cut = Cut.of(cast(VideoUNetParts, video_unet).unet, branch)
 
     def forward(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, feature: torch.Tensor
     ) -> torch.Tensor:
-        parts = cast(VideoUNetParts, self.video_unet)
-        return run_cached(parts, self.cut, sample, timestep, encoder_hidden_states, feature)
+        return run_cached(self.parts, self.cut, sample, timestep, encoder_hidden_states, feature)
