@@ -1,8 +1,10 @@
-"""Export the text encoder, the video UNet (with cross-frame attention) and the VAE decoder to ONNX, and with `fast`
-fast mode's two UNet graphs (`t2v_fast.core.deepcache`).
+"""Export the text encoder, the video UNet (with cross-frame attention) and the VAE decoder to ONNX, with `fast`
+fast mode's two UNet graphs (`t2v_fast.core.deepcache`), and with a ControlNet guided video's step, the ControlNet and
+the UNet in one graph (`unet_controlnet`, `t2v_fast.families.guided.controlnet`).
 
 What is exported, with which inputs and dynamic axes, is the table in `t2v_fast.core.networks`: text batch, videos ×
-guidance, frames per video, latent height and width, decoded images. The frame count is never a constant.
+guidance, frames per video, latent height and width, control maps' height and width, decoded images. The frame count
+is never a constant.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +25,15 @@ from tqdm.auto import tqdm
 from t2v_fast._version import __version__
 from t2v_fast.core.engine_dir import ENGINE_JSON, EngineDir, ExportSettings, file_sha256
 from t2v_fast.core.models import ModelCard, ModelComponents, load_components
-from t2v_fast.core.networks import DECODE_BATCH_SIZE, FAST_NETWORKS, NETWORKS, NetworkSpec, dims, model_dims
+from t2v_fast.core.networks import (
+    DECODE_BATCH_SIZE,
+    FAST_NETWORKS,
+    GUIDED_NETWORKS,
+    NETWORKS,
+    NetworkSpec,
+    dims,
+    model_dims,
+)
 from t2v_fast.errors import UserError
 
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -162,8 +172,16 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v if isinstance(v, (str, int, float, bool, list, type(None))) else str(v) for k, v in config.items()}
+def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config as JSON: nested configs (the ControlNet's inside `unet_controlnet`'s) as objects, anything else
+    JSON has no type for as its string."""
+    return {key: _json_value(value) for key, value in config.items()}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return _jsonable(value)
+    return value if isinstance(value, (str, int, float, bool, list, type(None))) else str(value)
 
 
 def tool_versions() -> dict[str, str]:
@@ -181,12 +199,19 @@ def tool_versions() -> dict[str, str]:
 
 
 def export_model(
-    model: str, out: str | Path, settings: ExportSettings, progress: bool = True, device: str = "cpu"
+    model: str,
+    out: str | Path,
+    settings: ExportSettings,
+    progress: bool = True,
+    device: str = "cpu",
+    controlnet: str | None = None,
 ) -> EngineDir:
     """Export `model` (preset, folder or hub id) into the engine directory `out` and write its `engine.json`.
 
     `device`: where the model is loaded and traced; on a GPU, an fp16 export never materialises fp16 weights on the
-    CPU (whose half-precision kernels are slow or missing). The ONNX files do not depend on it."""
+    CPU (whose half-precision kernels are slow or missing). The ONNX files do not depend on it. `controlnet` (a
+    preset, a `ControlNetModel` folder or a hub id): also guided video's `unet_controlnet`, the ControlNet and the
+    UNet in one graph; the card in `engine.json` records the ControlNet and its weights' hash."""
     if settings.dtype not in EXPORT_DTYPES:
         raise UserError(f"invalid export dtype {settings.dtype!r}; choose one of: {', '.join(EXPORT_DTYPES)}")
     if settings.optimized_for not in (None, *OPTIMIZATIONS):
@@ -198,7 +223,7 @@ def export_model(
         raise UserError(f"{out} already holds an export; choose another folder or delete it")
     # ONNX Runtime's fusions match fp32 patterns: an export optimised for it is traced in fp32 and converted after.
     dtype = torch.float32 if settings.optimized_for else EXPORT_DTYPES[settings.dtype]
-    components = load_components(model, device=device, dtype=dtype)
+    components = load_components(model, device=device, dtype=dtype, controlnet=controlnet)
     info = ModelCard.from_components(components)
     settings = replace(settings, frames=settings.frames or info.family_record.defaults["frames"])
     for name, value in (("height", settings.height), ("width", settings.width)):
@@ -209,8 +234,13 @@ def export_model(
     components.scheduler.save_pretrained(out / "scheduler")
 
     example = _example_dims(info, settings)
-    # Fast mode's graphs come after the task's, traced at the same example shapes with the same dynamic axes.
-    names = [*info.task_record.networks, *(FAST_NETWORKS if settings.fast else ())]
+    # Fast mode's graphs and guided video's come after the task's, traced at the same example shapes with the same
+    # dynamic axes (guided video's control maps: the example's pixel size).
+    names = [
+        *info.task_record.networks,
+        *(FAST_NETWORKS if settings.fast else ()),
+        *(GUIDED_NETWORKS if components.controlnet is not None else ()),
+    ]
     exported = {
         network.name: _export_component(network, components, info, example, dtype, out, settings)
         for network in tqdm([NETWORKS[name] for name in names], desc="exporting", unit="model", disable=not progress)

@@ -31,8 +31,8 @@ def build_engines(
     timing_cache: Path | None = None,
     progress: bool = True,
 ) -> list[str]:
-    """Build one strongly typed engine per exported component (fast mode's two with them) with Polygraphy, record
-    them in engine.json, return their keys.
+    """Build one strongly typed engine per exported component (fast mode's two and guided video's `unet_controlnet`
+    with them) with Polygraphy, record them in engine.json, return their keys.
 
     `precision` must be the export's (the ONNX file carries it); None takes it from the export."""
     engine_dir.check_runs_on("tensorrt")

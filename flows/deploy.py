@@ -82,6 +82,7 @@ def main() -> None:
         " sees it",
     )
     parser.add_argument("--backend", default="torch", help="torch, onnxruntime or tensorrt")
+    parser.add_argument("--controlnet", help="ControlNet for the night's guided rows (preset, folder or hub id)")
     parser.add_argument("--shard-size", type=int, default=16, help="rows per shard (default %(default)s)")
     parser.add_argument(
         "--lease-seconds",
@@ -93,6 +94,7 @@ def main() -> None:
     parameters = {
         "model": args.model,
         "backend": args.backend,
+        "controlnet": args.controlnet,
         "shard_size": args.shard_size,
         "lease_seconds": args.lease_seconds,
     }

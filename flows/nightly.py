@@ -407,22 +407,25 @@ def nightly(
     base_seed: int = 0,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     qc_thresholds: dict[str, float] | None = None,
+    controlnet: str | None = None,
+    depth_model: str | None = None,
 ) -> dict[str, int]:
     """Render every valid row of `manifest` into `out_dir` once; returns the count of rows per status.
 
     `model` is a preset, a diffusers folder, a hub id or an engine directory (for onnxruntime and tensorrt), as
-    every node sees it. `batch_videos` caps the videos denoised together on a GPU. `defaults` are generation
-    parameters by name (`t2v-fast batch --help` lists them) for rows that do not set them; a row
-    without a seed gets `base_seed + row - 2`. `lease_seconds` bounds how long a dead node holds work: its row claims
-    expire after that long without a heartbeat, and its shard is taken as dead once its worker is silent too (see
-    the module's docstring for the worst-case detection time). `qc_thresholds` (`frozen_mad`,
+    every node sees it; `controlnet` (a preset, folder or hub id, likewise) renders the rows with a `control` video
+    as guided video, their depth annotator running `depth_model`. `batch_videos` caps the videos denoised together
+    on a GPU. `defaults` are generation parameters by name (`t2v-fast batch --help` lists them) for rows that do not
+    set them; a row without a seed gets `base_seed + row - 2`. `lease_seconds` bounds how long a dead node holds
+    work: its row claims expire after that long without a heartbeat, and its shard is taken as dead once its worker
+    is silent too (see the module's docstring for the worst-case detection time). `qc_thresholds` (`frozen_mad`,
     `flicker_ssim`) decide which videos QC marks as frozen or flickering in `results.csv`.
     """
     started = time.monotonic()
     logger = get_run_logger()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    card = describe_model(model)
+    card = describe_model(model, controlnet=controlnet)
     parsed = parse_manifest(manifest, ParamRequest.of(**(defaults or {})), card, base_seed)
     for warning in parsed.warnings:
         logger.warning("%s", warning)
@@ -443,6 +446,8 @@ def nightly(
     shard_parameters = {
         "out_dir": str(out),
         "model": model,
+        "controlnet": controlnet,
+        "depth_model": depth_model,
         "backend": backend,
         "device": device,
         "dtype": dtype,

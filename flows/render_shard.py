@@ -36,19 +36,24 @@ def render_shard(
     batch_videos: int = 4,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     qc_thresholds: dict[str, float] | None = None,
+    controlnet: str | None = None,
+    depth_model: str | None = None,
 ) -> list[dict[str, Any]]:
     """Render `rows` (manifest rows as dicts) into `out_dir`; per-row results, also saved as the shard goes.
 
     Rows with equal settings denoise together, up to `batch_videos` videos per UNet batch (memory vs. throughput).
     Each row is claimed before it renders, with a lease of `lease_seconds`, so no other run renders it too.
     `qc_thresholds` (`frozen_mad`, `flicker_ssim`) decide which videos QC marks as frozen or flickering.
+    `controlnet` and `depth_model` are the night's, for its guided rows.
     """
     out = Path(out_dir)
     logger = get_run_logger()
     heartbeat = Heartbeat(shard_heartbeat_path(out, shard), lease_seconds / 4)
     claims = Claims(out, run=f"shard {shard}", lease_seconds=lease_seconds)
     try:
-        pipeline = load_pipeline(model, backend=backend, device=device, dtype=dtype)
+        pipeline = load_pipeline(
+            model, controlnet=controlnet, depth_model=depth_model, backend=backend, device=device, dtype=dtype
+        )
         # Prefect's sync/async dispatch: called outside an event loop, it returns the artifact's id, not a coroutine.
         progress = cast(UUID, create_progress_artifact(0.0, description=f"{shard}: 0 of {len(rows)} rows"))
         results: list[RowResult] = []

@@ -3,31 +3,45 @@
 Generate tab: a prompt, a model, and every generation parameter in a collapsed panel; a progress bar follows the
 denoising steps; the result plays in the page with its sidecar and a download. One model stays loaded between
 requests, and a queue runs one generation at a time (one GPU) with a bounded length. The same function is Gradio's
-API endpoint `/generate`. Night tab: a folder written by `t2v-fast batch` or the nightly flow: counts per status, a
-filterable table of rows (with their QC verdicts), rejected rows with row and column, and a click on a row plays its
-video beside its prompt and parameters. Bad input shows as a message in the page, never a stack trace.
+API endpoint `/generate`, whose every input but the prompt is optional (empty: the model's default). Guided tab:
+a control video (its control maps previewed), a prompt, a Text2Video-Zero model and a ControlNet, and guided video's
+parameters; its endpoint is `/guided`. Night tab: a folder written by `t2v-fast batch` or the nightly flow: counts
+per status, a filterable table of rows (with their QC verdicts), rejected rows with row and column, and a click on a
+row plays its video beside its prompt and parameters. Bad input shows as a message in the page, never a stack trace.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from t2v_fast.core.families import all_params, defaults_by_family
+from t2v_fast.core.families import GUIDED, MODELSCOPE, all_params, defaults_by_family, family_of_unet
 from t2v_fast.core.params import ParamInfo, param_infos, raise_problems, request_problems
-from t2v_fast.core.presets import PRESETS
+from t2v_fast.core.presets import CONTROLNET_PRESETS, PRESETS, preset_configs
 from t2v_fast.errors import T2vFastError, UserError
+from t2v_fast.families.guided.params import GUIDED_VIDEO
 from t2v_fast.loading import describe_model, load_pipeline
 
-# The generation parameters' fields, in this order in the form and in the `/generate` endpoint's arguments.
-PARAMS = all_params()
+# The text-to-video parameters' fields, in this order in the form and in the `/generate` endpoint's arguments:
+# `all_params()` but guided video's own, which are listed last there, so the endpoint's positions stay as they were.
+PARAMS = tuple(info for info in all_params() if info.section != GUIDED_VIDEO)
+# Guided video's own parameters (ControlNet scale, annotator, Canny thresholds, cut), in `/guided`'s arguments after
+# the control video, the prompt, the model and the ControlNet.
+GUIDED_PARAMS = tuple(info for info in all_params() if info.section == GUIDED_VIDEO)
+STEPS = next(info for info in PARAMS if info.name == "steps")
+# The random-weight ControlNet and depth estimator that fit each base preset: the guided tab's defaults for it.
+CONTROLNET_OF_PRESET = {"tiny-random": "tiny-random-controlnet", "sd15-random": "sd15-controlnet-random"}
+DEPTH_MODEL_OF_PRESET = {"tiny-random": "dpt-tiny-random", "sd15-random": "dpt-hybrid-random"}
+PREVIEW_FRAMES = 8  # control maps shown by "Preview control maps", evenly over the cut
 ROW_COLUMNS = ["id", "row", "status", "reason", "seconds", "qc"]
 QUEUE_SIZE = 16
 
@@ -40,12 +54,20 @@ class LoadedModel:
         self.source: str | None = None
         self.pipeline: Any = None
         self.lock = threading.Lock()
+        self.key: tuple[str, str | None, str | None] | None = None
 
-    def get(self, source: str) -> Any:
+    def get(self, source: str, controlnet: str | None = None, depth_model: str | None = None) -> Any:
+        """The pipeline of `source` (with `controlnet`, a guided one whose depth annotator runs `depth_model`)."""
+        key = (source, controlnet, depth_model)
         with self.lock:
-            if source != self.source:
-                self.pipeline = load_pipeline(source, backend=self.backend, device=self.device, dtype=self.dtype)
-                self.source = source
+            if key != self.key:
+                options: dict[str, Any] = {"controlnet": controlnet} if controlnet else {}
+                if controlnet and depth_model:
+                    options["depth_model"] = depth_model
+                self.pipeline = load_pipeline(
+                    source, backend=self.backend, device=self.device, dtype=self.dtype, **options
+                )
+                self.source, self.key = source, key
             return self.pipeline
 
 
@@ -62,29 +84,38 @@ def model_choices(given: list[str], models_dir: Path | None) -> list[str]:
     return list(dict.fromkeys([*given, *PRESETS, *found]))
 
 
+def guided_models(models: list[str]) -> list[str]:
+    """The models the guided tab offers: all but the ModelScope presets (guided video runs on Text2Video-Zero), the
+    presets with a ControlNet preset of their own first."""
+    offered = [m for m in models if m not in PRESETS or family_of_unet(preset_configs(m)["unet"]) is not MODELSCOPE]
+    return sorted(offered or models, key=lambda m: m not in CONTROLNET_OF_PRESET)
+
+
 class App:
     def __init__(self, models: list[str], loaded: LoadedModel, out_dir: Path):
         self.models, self.loaded, self.out_dir = models, loaded, out_dir
+        self.guided_models = guided_models(models)
+        self.emptied = 0  # number fields the page empties when it opens (`build`)
 
     def generate(
         self,
         prompt: str,
-        model: str,
-        negative_prompt: str,
-        seed: float | None,
-        videos_per_prompt: float | None,
-        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way of asking for progress)
-        *params: float | None,
+        model: str | None = None,
+        negative_prompt: str | None = None,
+        seed: float | None = None,
+        videos_per_prompt: float | None = None,
+        *params: Any,
     ) -> tuple[str, dict[str, Any], list[str]]:
         """Generate the video(s) of one prompt: the first video, its metadata, and every MP4 for download.
 
-        `params` are the generation parameters' fields, in `all_params()` order; an empty field is the model's
-        default. The pipeline validates every value; only the prompt is checked first, so that an empty one never
-        waits for a model to load."""
+        `params` are the text-to-video parameters' fields, in `PARAMS` order (then Gradio's progress tracker); an
+        empty field is the model's default, and so is an empty model (the first offered), negative prompt or number
+        of videos (one). The pipeline validates every value; only the prompt is checked first, so that an empty one
+        never waits for a model to load."""
+        values = _values(PARAMS, params)
         try:
             raise_problems(request_problems(prompt=prompt))
-            pipeline = self.loaded.get(model)
-            values = {info.name: _typed(info, value) for info, value in zip(PARAMS, params, strict=True)}
+            pipeline = self.loaded.get(model or self.models[0])
             videos = pipeline.generate(
                 prompt,
                 negative_prompt=negative_prompt or None,
@@ -100,6 +131,109 @@ class App:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         paths = [str(v.save(folder / f"{stamp}-seed{v.metadata['seed']}.mp4")) for v in videos]
         return paths[0], videos[0].metadata, paths
+
+    def guided(
+        self,
+        video: str | None,
+        prompt: str,
+        model: str | None = None,
+        controlnet: str | None = None,
+        *params: Any,
+    ) -> tuple[str, str | None, dict[str, Any]]:
+        """A guided video following the control `video`: the video, its control maps (as an MP4) and its metadata.
+
+        `params` are guided video's own fields (`GUIDED_PARAMS` order), then steps, seed, negative prompt and depth
+        model (then Gradio's progress tracker); each empty one is the model's default. An empty model is the first
+        the tab offers, an empty ControlNet (or depth model) the one that fits a preset model."""
+        *guided, steps, seed, negative_prompt, depth_model = _values((*GUIDED_PARAMS, STEPS), params, extra=3)
+        try:
+            if not video:
+                raise UserError("missing control video: upload the video to follow")
+            raise_problems(request_problems(prompt=prompt))
+            model = model or self.guided_models[0]
+            controlnet = controlnet or CONTROLNET_OF_PRESET.get(model)
+            if not controlnet:
+                raise UserError(f"choose the ControlNet to run with {model!r} (a folder or a hub id)")
+            pipeline = self.loaded.get(model, controlnet, self.depth_model_for(model, depth_model))
+            names = [info.name for info in GUIDED_PARAMS]
+            videos = pipeline.generate(
+                prompt,
+                control=video,
+                negative_prompt=negative_prompt or None,
+                seed=_typed_int(seed),
+                progress=True,
+                steps=steps,
+                **dict(zip(names, guided, strict=True)),
+            )
+        except T2vFastError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        folder = self.out_dir / "ui"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        result = videos[0]
+        path = result.save(folder / f"{stamp}-guided-seed{result.metadata['seed']}.mp4", save_control=True)
+        control = path.with_suffix(".control.mp4")
+        return str(path), str(control) if control.is_file() else None, result.metadata
+
+    def depth_model_for(self, model: str, depth_model: str | None) -> str | None:
+        """The depth annotator's model: the one given, the random one fitting a preset, or the pipeline's default."""
+        return depth_model or DEPTH_MODEL_OF_PRESET.get(model)
+
+    def preview_control(
+        self,
+        video: str | None,
+        model: str | None = None,
+        annotator: str | None = None,
+        canny_low: float | None = None,
+        canny_high: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        depth_model: str | None = None,
+    ) -> list[Any]:
+        """A few of the control video's control maps, evenly over the cut, at the size the model would run them."""
+        import numpy as np
+
+        from t2v_fast.annotators import annotate
+        from t2v_fast.core.video_input import load_video, probe_video
+
+        try:
+            if not video:
+                raise UserError("missing control video: upload the video to follow")
+            model = model or self.guided_models[0]
+            try:
+                resolution = describe_model(model).native_size
+            except T2vFastError:
+                resolution = 512  # Stable Diffusion 1.x's; Run says what is wrong with the model
+            first = start or 0.0
+            facts = probe_video(video)
+            span = (end if end is not None else facts.duration or 0.0) - first
+            fps = min(facts.fps, PREVIEW_FRAMES / span) if span > 0 else None
+            frames = load_video(video, start=first, end=end, fps=fps, resolution=resolution).frames
+            chosen = np.unique(np.linspace(0, len(frames) - 1, min(PREVIEW_FRAMES, len(frames))).round().astype(int))
+            defaults = {info.name: info.default for info in GUIDED_PARAMS}
+            maps = annotate(
+                frames[chosen],
+                annotator or defaults["annotator"],
+                canny_low=defaults["canny_low"] if canny_low is None else int(canny_low),
+                canny_high=defaults["canny_high"] if canny_high is None else int(canny_high),
+                depth_model=self.depth_model_for(model, depth_model) or _default_depth_model(),
+                device=self.loaded.device,
+            )
+        except T2vFastError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        return [(frame, f"frame {index}") for frame, index in zip(maps, chosen, strict=True)]
+
+    def guided_defaults(self, model: str) -> tuple[Any, Any]:
+        """The ControlNet and depth model fields for a model: those fitting a preset, unchanged otherwise."""
+        if model in CONTROLNET_OF_PRESET:
+            return CONTROLNET_OF_PRESET[model], DEPTH_MODEL_OF_PRESET[model]
+        return gr.update(), gr.update()
+
+    def page_defaults(self, model: str, guided_model: str) -> list[Any]:
+        """What a page opens with: the chosen models' defaults in their fields (empty in the endpoints, whose empty
+        inputs are the chosen model's default), and the fields that start empty emptied (the browser shows an empty
+        number field as 0 until it is set)."""
+        return [*self.family_defaults(model), *self.guided_defaults(guided_model), *[None] * self.emptied]
 
     def family_defaults(self, model: str) -> list[Any]:
         """Each parameter field's value for the model's family: its default, or empty where the family has none or
@@ -170,16 +304,20 @@ class App:
                             negative = gr.Textbox(label="Negative prompt")
                             seed = gr.Number(None, label="Seed (empty: random)", precision=0)
                             videos = gr.Number(1, label="Videos per prompt", precision=0)
-                            initial = self.family_defaults(self.models[0])
-                            fields = [_field(info, value) for info, value in zip(PARAMS, initial, strict=True)]
+                            # Empty until the page opens (`page_defaults`): an input's initial value is its
+                            # default in the API, where an empty field is whichever model's default.
+                            fields = [_field(info, None) for info in PARAMS]
                     with gr.Column():
                         video = gr.Video(label="Video", autoplay=True, elem_id="result-video")
                         metadata = gr.JSON(label="Sidecar metadata")
                         files = gr.File(label="Download", file_count="multiple")
                 inputs = [prompt, model, negative, seed, videos, *fields]
-                run.click(self.generate, inputs, [video, metadata, files], api_name="generate")
+                names = ["prompt", "model", "negative_prompt", "seed", "videos_per_prompt", *(i.name for i in PARAMS)]
+                run.click(_named(self.generate, names), inputs, [video, metadata, files], api_name="generate")
                 # gradio documents api_name=False (no API endpoint) but types it `str | None`.
                 model.change(self.family_defaults, model, fields, api_name=False)  # type: ignore[arg-type]
+            with gr.Tab("Guided by a video"):
+                guided_model, controlnet, depth, guided_empty = self.build_guided()
             with gr.Tab("Night"):
                 with gr.Row():
                     folder = gr.Textbox(
@@ -203,21 +341,125 @@ class App:
                 for trigger in (status.change, text.submit):
                     trigger(self.filter_rows, [folder, status, text], table, api_name=False)  # type: ignore[arg-type]
                 table.select(self.show_row, [folder, table], [row_video, row_meta], api_name=False)  # type: ignore[arg-type]
+            empty = [seed, *guided_empty]
+            self.emptied = len(empty)
+            opened, filled = [model, guided_model], [*fields, controlnet, depth, *empty]
+            demo.load(self.page_defaults, opened, filled, api_name=False, concurrency_limit=None)
         return demo
 
+    def build_guided(self) -> tuple[gr.Dropdown, gr.Dropdown, gr.Textbox, list[gr.Number]]:
+        """The guided tab: a control video and its previewed control maps, a prompt, a model and its ControlNet, and
+        guided video's parameters; Run is the `/guided` endpoint. The model, ControlNet and depth model fields, which
+        the page fills when it opens, and the number fields it empties then."""
+        gr.Markdown(
+            "Text2Video-Zero with a ControlNet: the motion and layout follow the uploaded video's control maps"
+            " (edges, depth, or the video itself), the look follows the prompt."
+        )
+        by_name = {info.name: info for info in GUIDED_PARAMS}
+        with gr.Row():
+            with gr.Column():
+                control = gr.Video(label="Control video", sources=["upload"], elem_id="control-video")
+                annotator = _field(by_name["annotator"], by_name["annotator"].default)
+                preview = gr.Button("Preview control maps", elem_id="preview-control")
+                prompt = gr.Textbox(
+                    label="Prompt (guided video)", placeholder="an oil painting of a dancer", elem_id="guided-prompt"
+                )
+                model = gr.Dropdown(
+                    self.guided_models, value=self.guided_models[0], label="Base model", allow_custom_value=True
+                )
+                controlnet = gr.Dropdown(
+                    list(CONTROLNET_PRESETS),
+                    value=None,
+                    label="ControlNet",
+                    allow_custom_value=True,
+                    info="a preset, a ControlNetModel folder or a hub id; empty: the one fitting a preset model",
+                )
+                run = gr.Button("Run guided video", variant="primary", elem_id="guided-run")
+                with gr.Accordion("Guided video options", open=False):
+                    fields = {
+                        info.name: _field(info, info.default) for info in GUIDED_PARAMS if info.name != "annotator"
+                    }
+                    steps = _field(
+                        STEPS, None, label="Steps (guided video)", default=f"guided video's {GUIDED.defaults['steps']}"
+                    )
+                    seed = gr.Number(None, label="Seed (guided video; empty: random)", precision=0)
+                    negative = gr.Textbox(label="Negative prompt (guided video)")
+                    depth = gr.Textbox(
+                        label="Depth model (depth annotator)",
+                        info="a preset (dpt-tiny-random, dpt-hybrid-random), a folder or a hub id; empty: the one"
+                        " fitting a preset model, else Intel/dpt-hybrid-midas",
+                    )
+            with gr.Column():
+                maps = gr.Gallery(label="Control maps", columns=4, height="auto", elem_id="control-maps")
+                output = gr.Video(label="Guided video", autoplay=True, elem_id="guided-video")
+                followed = gr.Video(label="Control maps followed", elem_id="guided-control")
+                metadata = gr.JSON(label="Sidecar metadata (guided video)")
+        params = [annotator if info.name == "annotator" else fields[info.name] for info in GUIDED_PARAMS]
+        inputs = [control, prompt, model, controlnet, *params, steps, seed, negative, depth]
+        names = ["video", "prompt", "model", "controlnet", *by_name, "steps", "seed", "negative_prompt", "depth_model"]
+        run.click(_named(self.guided, names, required=2), inputs, [output, followed, metadata], api_name="guided")
+        shown = [control, model, annotator, fields["canny_low"], fields["canny_high"], fields["start"], fields["end"]]
+        preview.click(self.preview_control, [*shown, depth], maps, api_name="preview_control")
+        model.change(self.guided_defaults, model, [controlnet, depth], api_name=False)  # type: ignore[arg-type]
+        empty = [f for f in (*params, steps, seed) if isinstance(f, gr.Number) and f.value is None]
+        return model, controlnet, depth, empty
 
-def _field(info: ParamInfo, value: Any) -> gr.Number:
-    """A parameter's field, from its metadata; empty means the model's default."""
+
+def _field(
+    info: ParamInfo, value: Any, label: str | None = None, default: str | None = None
+) -> gr.Number | gr.Dropdown:
+    """A parameter's field, from its metadata: a number, or a choice for a text parameter; empty means the model's
+    default (`default` says which, where the metadata's words do not fit)."""
     owner = f"{info.owner}: " if info.owner else ""
-    default = info.default_text(f"set to the model's default when the model changes ({defaults_by_family(info.name)})")
-    if not info.family_default:
-        default = f"empty: {default}" if info.default is None else f"default {default}"
-    return gr.Number(
-        value, label=info.label, precision=0 if info.kind is int else None, info=f"{owner}{info.help}; {default}"
-    )
+    if default is None:
+        by_family = defaults_by_family(info.name)
+        default = info.default_text(f"set to the model's default when the model changes ({by_family})")
+        if not info.family_default:
+            default = f"empty: {default}" if info.default is None else f"default {default}"
+    else:
+        default = f"empty: {default}"
+    text = f"{owner}{info.help}; {default}"
+    if info.kind is str:
+        return gr.Dropdown(list(info.choices), value=value, label=label or info.label, info=text)
+    return gr.Number(value, label=label or info.label, precision=0 if info.kind is int else None, info=text)
 
 
-def _typed(info: ParamInfo, value: float | None) -> int | float | None:
+def _named(fn: Callable[..., Any], names: Sequence[str], required: int = 1) -> Callable[..., Any]:
+    """`fn` as Gradio should see it: one parameter per input, named (the API's keyword arguments), each after the
+    `required` first optional (None: the model's default), then the progress tracker Gradio fills in."""
+
+    def call(*values: Any) -> Any:
+        return fn(*values[:-1])  # the tracker reports tqdm's bars by itself
+
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter(name, positional) for name in names[:required]]
+    parameters += [inspect.Parameter(name, positional, default=None) for name in names[required:]]
+    parameters.append(inspect.Parameter("progress", positional, default=gr.Progress(track_tqdm=True)))
+    call.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    call.__name__ = call.__qualname__ = fn.__name__
+    call.__doc__ = fn.__doc__
+    return call
+
+
+def _values(infos: Sequence[ParamInfo], fields: Sequence[Any], extra: int = 0) -> Any:
+    """The fields' values as the pipeline takes them, by name (then `extra` fields as they are)."""
+    if len(fields) != len(infos) + extra:
+        raise gr.Error(f"expected {len(infos) + extra} parameter values, got {len(fields)}", print_exception=False)
+    values = [_typed(info, value) for info, value in zip(infos, fields, strict=False)]
+    if extra:
+        return [*values, *fields[len(infos) :]]
+    return {info.name: value for info, value in zip(infos, values, strict=True)}
+
+
+def _default_depth_model() -> str:
+    from t2v_fast.annotators import DEFAULT_DEPTH_MODEL
+
+    return DEFAULT_DEPTH_MODEL
+
+
+def _typed(info: ParamInfo, value: Any) -> Any:
+    if info.kind is str:
+        return value or None
     return _typed_int(value) if info.kind is int else value
 
 

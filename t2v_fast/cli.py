@@ -10,14 +10,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from t2v_fast._version import __version__
+from t2v_fast.annotators import DEFAULT_DEPTH_MODEL, DEPTH_PRESETS
 from t2v_fast.core.choices import BACKENDS, DTYPE_NAMES
-from t2v_fast.core.families import all_params, defaults_by_family
+from t2v_fast.core.families import all_params, defaults_by_family, task_of_inputs
 from t2v_fast.core.params import ParamInfo, ParamRequest, raise_problems, request_problems
-from t2v_fast.core.presets import PRESETS
+from t2v_fast.core.presets import CONTROLNET_PRESETS, PRESETS
 from t2v_fast.errors import NumericalError, UserError
+
+if TYPE_CHECKING:
+    from t2v_fast.families.guided.params import GuidedParams
 
 EXIT_USER_ERROR = 2
 EXIT_NUMERICAL_ERROR = 3
@@ -59,11 +63,13 @@ def _add_param_options(parser: argparse.ArgumentParser, for_rows: bool = False) 
     (fast mode) in a group of its own in `--help`."""
     groups: dict[str, Any] = {}
     for info in all_params():
-        kind = _integer if info.kind is int else float
+        converters: dict[type, Callable[[str], Any]] = {int: _integer, float: float, str: str}
+        kind = converters[info.kind]
         if info.section and info.section not in groups:
             groups[info.section] = parser.add_argument_group(info.section)
         target = groups[info.section] if info.section else parser
-        target.add_argument(info.flag, type=kind, help=_param_help(info, for_rows).replace("%", "%%"))
+        help = _param_help(info, for_rows).replace("%", "%%")
+        target.add_argument(info.flag, type=kind, choices=info.choices or None, help=help)
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +94,19 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPE_NAMES, help="default: float16 on GPU, float32 on CPU")
 
 
+def _add_guided_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--controlnet",
+        help=f"guided video: a ControlNet beside the model (preset: {', '.join(CONTROLNET_PRESETS)}; a diffusers"
+        " ControlNetModel folder; a hub id)",
+    )
+    parser.add_argument(
+        "--depth-model",
+        help=f"the depth annotator's model (preset: {', '.join(DEPTH_PRESETS)}; a folder; a hub id; default"
+        f" {DEFAULT_DEPTH_MODEL})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="t2v-fast", description="Text-to-video generation with Text2Video-Zero and ModelScope models."
@@ -106,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--providers", help="comma-separated ONNX Runtime execution providers (default: best available)"
     )
     _add_generation_options(generate)
+    _add_guided_options(generate)
+    generate.add_argument(
+        "--control", type=Path, help="guided video: the video to follow (MP4, WebM, GIF, or a folder of PNG frames)"
+    )
+    generate.add_argument(
+        "--save-control", action="store_true", help="guided video: also write the control maps as NAME.control.mp4"
+    )
     generate.add_argument("--compile", action="store_true", help="torch backend: compile the UNet (torch.compile)")
     generate.add_argument(
         "--cuda-graph", action="store_true", help="onnxruntime backend on CUDA: replay the UNet from CUDA graphs"
@@ -117,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("manifest", type=Path, help="CSV with a 'prompt' column (see README: manifest format)")
     batch.add_argument("--out", required=True, type=Path, help="output folder: <id>.mp4, <id>.json, results.csv")
     _add_model_options(batch)
+    _add_guided_options(batch)
     batch.add_argument("--backend", default="torch", choices=BACKENDS, help="default: torch")
     batch.add_argument(
         "--batch-videos", type=_positive_int, default=4, help="videos denoised together at most (default %(default)s)"
@@ -165,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also export fast mode's two UNet graphs (DeepCache), for cache_branch 0; they duplicate the UNet's"
         " weights on disk",
+    )
+    export.add_argument(
+        "--controlnet",
+        help=f"guided video: also export the ControlNet beside the model, with the UNet in one graph"
+        f" (unet_controlnet; preset: {', '.join(CONTROLNET_PRESETS)}; a diffusers ControlNetModel folder; a hub id)",
     )
     export.add_argument(
         "--device",
@@ -216,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = commands.add_parser("model", help="model utilities")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     save = model_commands.add_parser("save", help="write a preset as a diffusers-format folder")
-    save.add_argument("preset", choices=list(PRESETS))
+    save.add_argument("preset", choices=[*PRESETS, *CONTROLNET_PRESETS, *DEPTH_PRESETS])
     save.add_argument("folder", type=Path)
     save.set_defaults(handler=_model_save)
     return parser
@@ -261,10 +293,24 @@ def _generate(args: argparse.Namespace) -> int:
     from t2v_fast.loading import describe_model, load_pipeline
 
     # Every rule that needs only the model's configs is checked before its weights load (minutes for a large model).
-    raise_problems(describe_model(source).check(_param_request(args))[1])
+    task = task_of_inputs({"control": args.control})
+    card = describe_model(source, controlnet=args.controlnet)
+    if args.control is not None and not card.controlnet:
+        from t2v_fast.core.engine_dir import EngineDir
+
+        if EngineDir.is_engine_dir(source):  # an export without a ControlNet: say how to make one with it
+            EngineDir.load(source, verify_hashes=False).check_guided()
+    settings, problems = card.check(_param_request(args), task)
+    raise_problems(problems)
+    if args.control is not None:
+        from t2v_fast.families.guided.control import probe_control
+
+        probe_control(args.control, cast("GuidedParams", settings))
     with _status(f"loading {source} ({args.backend} backend)", quiet=args.quiet):
         pipeline = load_pipeline(
             source,
+            controlnet=args.controlnet,
+            depth_model=args.depth_model,
             backend=args.backend,
             device=args.device,
             dtype=args.dtype,
@@ -278,10 +324,11 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         videos_per_prompt=args.videos_per_prompt,
         progress=not args.quiet,
+        control=args.control,
         **_param_request(args).values,
     )
     for video, path in zip(videos, paths, strict=True):
-        video.save(path)
+        video.save(path, save_control=args.save_control)
         if not args.quiet:
             frames, height, width, _ = video.frames.shape
             seed = video.metadata["seed"]
@@ -308,7 +355,7 @@ def _batch(args: argparse.Namespace) -> int:
     from t2v_fast.loading import describe_model, load_pipeline
 
     source = args.model
-    card = describe_model(source)
+    card = describe_model(source, controlnet=args.controlnet)
     parsed = parse_manifest(args.manifest, _param_request(args), card, args.seed)
     prepare_output_folder(args.out)
     for warning in parsed.warnings:
@@ -320,7 +367,14 @@ def _batch(args: argparse.Namespace) -> int:
     )
     if todo:
         with _status(f"loading {source} ({args.backend} backend)", quiet=False):
-            pipeline = load_pipeline(source, backend=args.backend, device=args.device, dtype=args.dtype)
+            pipeline = load_pipeline(
+                source,
+                controlnet=args.controlnet,
+                depth_model=args.depth_model,
+                backend=args.backend,
+                device=args.device,
+                dtype=args.dtype,
+            )
         claims = Claims(args.out, run=f"t2v-fast batch (pid {os.getpid()})", lease_seconds=args.lease_seconds)
         try:
             with tqdm(total=len(todo), desc="rendering", unit="row") as bar:
@@ -356,7 +410,9 @@ def _export(args: argparse.Namespace) -> int:
         args.frames, args.height, args.width, args.videos, args.dtype, args.opset, args.optimize_for, args.fast
     )
     out = args.out or Path("engines") / Path(args.model.rstrip("/")).name
-    engine_dir = export_model(args.model, out, settings, progress=not args.quiet, device=args.device)
+    engine_dir = export_model(
+        args.model, out, settings, progress=not args.quiet, device=args.device, controlnet=args.controlnet
+    )
     if not args.quiet:
         for name in engine_dir.networks:
             record = engine_dir.component(name)
@@ -414,6 +470,20 @@ def _model_save(args: argparse.Namespace) -> int:
 
     if args.folder.exists() and any(args.folder.iterdir()):
         raise UserError(f"folder {str(args.folder)!r} exists and is not empty")
+    if args.preset in DEPTH_PRESETS:
+        from t2v_fast.annotators import save_depth_estimator
+
+        save_depth_estimator(args.preset, args.folder)
+        print(f"wrote {args.preset} (depth estimator, DPTForDepthEstimation) to {args.folder}")
+        return 0
+    if args.preset in CONTROLNET_PRESETS:
+        from t2v_fast.families.guided.controlnet import build_preset_controlnet
+
+        controlnet = build_preset_controlnet(args.preset)
+        controlnet.save_pretrained(args.folder)
+        count = sum(p.numel() for p in controlnet.parameters())
+        print(f"wrote {args.preset} (ControlNetModel; parameters: {count / 1e6:,.1f} M) to {args.folder}")
+        return 0
     components = load_components(args.preset, device="cpu", dtype="float32")
     save_components(components, args.folder)
     counts = {name: sum(p.numel() for p in getattr(components, name).parameters()) for name in NETWORK_MODULES}

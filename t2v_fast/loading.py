@@ -7,6 +7,7 @@ for rendering) take the same decision through `_kind`. The backend is chosen by 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from transformers import CLIPTokenizer
@@ -22,6 +23,9 @@ from t2v_fast.core.models import (
 )
 from t2v_fast.core.pipeline import VideoPipeline
 from t2v_fast.core.presets import PRESETS, preset_configs, preset_scheduler, preset_tokenizer
+from t2v_fast.errors import UserError
+from t2v_fast.families.guided.controlnet import check_fit, read_controlnet_config
+from t2v_fast.families.guided.pipeline import GuidedPipeline
 from t2v_fast.families.modelscope.pipeline import ModelScopePipeline
 from t2v_fast.families.text2video_zero.pipeline import TextToVideoZeroPipeline
 from t2v_fast.runtime import open_backend
@@ -39,9 +43,31 @@ def _kind(model: str) -> str:
     return "preset" if model in PRESETS else "diffusers"
 
 
-def describe_model(model: str) -> ModelCard:
+def describe_model(model: str, controlnet: str | None = None) -> ModelCard:
     """The card of a preset, a diffusers folder, a hub id or an engine directory, from configs only, with its
-    scheduler and tokenizer attached."""
+    scheduler and tokenizer attached; with `controlnet`, that ControlNet's (refused when it does not fit)."""
+    card = _describe(model)
+    if _kind(model) == "engines" and (controlnet is not None or card.controlnet):
+        # An engine directory brings the ControlNet it was exported with, and runs no other.
+        EngineDir.load(model, verify_hashes=False).check_guided(controlnet)
+        return card
+    if controlnet is None:
+        return card
+    if card.family != TEXT2VIDEO_ZERO.name:
+        raise UserError(f"a ControlNet guides Text2Video-Zero models, and {model!r} is {card.family_record.title}")
+    check_fit(controlnet, read_controlnet_config(controlnet), model, _unet_config(model))
+    return replace(card, controlnet=controlnet)
+
+
+def _unet_config(model: str) -> dict[str, Any]:
+    if _kind(model) == "preset":
+        return preset_configs(model)["unet"]
+    if _kind(model) == "engines":
+        return _unet_config(EngineDir.load(model, verify_hashes=False).model_id)
+    return read_config(resolve_folder(model), "unet")
+
+
+def _describe(model: str) -> ModelCard:
     kind = _kind(model)
     if kind == "engines":
         engine_dir = EngineDir.load(model, verify_hashes=False)
@@ -58,10 +84,22 @@ def describe_model(model: str) -> ModelCard:
     return card.with_runtime(scheduler_from_config(read_config(folder, "scheduler"), card.family_record), tokenizer)
 
 
-def load_pipeline(model: str, backend: str = "torch", **options: Any) -> VideoPipeline:
+def load_pipeline(
+    model: str,
+    backend: str = "torch",
+    controlnet: str | None = None,
+    depth_model: str | None = None,
+    **options: Any,
+) -> VideoPipeline:
     """The pipeline of the model's family and task on `backend`, for a model (preset, diffusers folder, hub id) or an
-    engine directory. `options` are the backend's: `device`, `dtype`, `providers`, `compile_unet`, `cuda_graph`,
-    `torch_options`, as `t2v_fast.runtime.open_backend` documents them."""
-    runner, tokenizer, scheduler = open_backend(model, kind=_kind(model), backend=backend, **options)
+    engine directory. `controlnet` (a preset, a `ControlNetModel` folder or a hub id) adds guided video to a
+    Text2Video-Zero model, whose depth annotator runs `depth_model` (`t2v_fast.annotators`). `options` are the
+    backend's: `device`, `dtype`, `providers`, `compile_unet`, `cuda_graph`, `torch_options`, as
+    `t2v_fast.runtime.open_backend` documents them."""
+    runner, tokenizer, scheduler = open_backend(
+        model, kind=_kind(model), backend=backend, controlnet=controlnet, **options
+    )
     card = runner.card
+    if card.controlnet:
+        return GuidedPipeline(tokenizer, scheduler, runner, depth_model=depth_model)
     return PIPELINES[card.family, card.task](tokenizer, scheduler, runner)

@@ -55,6 +55,17 @@ class ModelBackend(Protocol):
     ) -> torch.Tensor:
         """Fast mode's cached step: the noise from the UNet's shallow branch and a full step's feature."""
 
+    def predict_noise_guided(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        control: torch.Tensor,
+        controlnet_scale: torch.Tensor,
+    ) -> torch.Tensor:
+        """Guided video's step (`unet_controlnet`): `predict_noise`'s inputs, control maps `(videos, frames, 3, H, W)`
+        in [0, 1] laid out as the latents, and the ControlNet's scale (a 0-d tensor)."""
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Denoised latents `(n, C, h, w)` -> images `(n, 3, H, W)` in [-1, 1]."""
 
@@ -70,6 +81,7 @@ def open_backend(
     compile_unet: bool = False,
     cuda_graph: bool = False,
     torch_options: dict[str, Any] | None = None,
+    controlnet: str | None = None,
 ) -> tuple[ModelBackend, Any, Any]:
     """The backend that runs `model` (of `kind` "preset", "diffusers" or "engines"), with the model's tokenizer and
     scheduler: the pipeline owns those, the backend the networks.
@@ -80,7 +92,10 @@ def open_backend(
     the export's). `providers` selects ONNX Runtime execution providers; `compile_unet` runs the torch backend's
     UNet through `torch.compile`; `cuda_graph` replays ONNX Runtime's UNet from CUDA graphs (CUDA execution
     provider); `torch_options` are further `TorchBackend` options, e.g. its memory savings
-    (`{"feed_forward_chunk": None}`: the feed-forward networks in one call).
+    (`{"feed_forward_chunk": None}`: the feed-forward networks in one call). `controlnet`: a ControlNet preset,
+    folder or hub id beside the model, for guided video. An engine directory exported with one (`t2v-fast export
+    --controlnet`) brings its own, which the torch backend loads too; on every backend, asking one for another
+    ControlNet is refused, and so is asking an export without one for any.
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
@@ -89,15 +104,22 @@ def open_backend(
         from t2v_fast.backends.torch import TorchBackend
 
         if kind == "engines":
-            model = EngineDir.load(model, verify_hashes=False).model_id
-        components = load_components(model, device=device, dtype=dtype)
+            exported = EngineDir.load(model, verify_hashes=False)
+            if controlnet is not None or exported.card.controlnet:
+                exported.check_guided(controlnet)
+                controlnet = exported.card.controlnet
+            model = exported.model_id
+        components = load_components(model, device=device, dtype=dtype, controlnet=controlnet)
         runner = TorchBackend(components, compile_unet=compile_unet, **(torch_options or {}))
         return runner, components.tokenizer, components.scheduler
     if kind != "engines":
+        guided = " --controlnet CONTROLNET" if controlnet is not None else ""
         raise UserError(
             f"backend {backend!r} runs an engine directory, and {model!r} is not one (no engine.json);"
-            f" create one with: t2v-fast export MODEL --out DIR"
+            f" create one with: t2v-fast export MODEL{guided} --out DIR"
         )
+    if controlnet is not None:  # the graphs hold the ControlNet they were exported with: it must be this one
+        EngineDir.load(model, verify_hashes=False).check_guided(controlnet)
     engine_dir: EngineDir
     if backend == "onnxruntime":
         from t2v_fast.backends.onnxruntime import OnnxRuntimeBackend

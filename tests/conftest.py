@@ -101,6 +101,20 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def controlnet_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "tiny-controlnet"
+    run_cli("model", "save", "tiny-random-controlnet", str(folder), check=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def depth_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "tiny-depth"
+    run_cli("model", "save", "dpt-tiny-random", str(folder), check=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def pipeline(tiny_folder):
     from t2v_fast import load_pipeline
 

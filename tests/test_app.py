@@ -9,6 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import CLI, run_cli
 from prefect_cluster import free_port
@@ -79,6 +80,59 @@ def test_generate_through_the_api(app, tmp_path):
     assert metadata["params"]["cache_interval"] == 2  # fast mode, through the API
 
 
+def test_generate_with_the_prompt_alone(app):
+    """Every `/generate` input but the prompt is optional, by name: empty is the model's default (guided video's
+    parameters are not among them: they belong to `/guided`)."""
+    from gradio_client import Client
+
+    url, _ = app
+    client = Client(url, verbose=False)
+    parameters = client.view_api(return_format="dict")["named_endpoints"]["/generate"]["parameters"]
+    names = [p["parameter_name"] for p in parameters]
+    assert names[:6] == ["prompt", "model", "negative_prompt", "seed", "videos_per_prompt", "frames"]
+    assert names[-2:] == ["cache_interval", "cache_branch"] and "controlnet_scale" not in names
+    assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * (len(names) - 1)
+    path, metadata, _ = client.predict("a cat", steps=2, api_name="/generate")  # 2 steps: the default 50 take long
+    _, frames = read_mp4(Path(path))
+    assert frames.shape == (8, 64, 64, 3) and metadata["params"]["steps"] == 2  # tiny-random's 8 frames
+    # An empty field is the chosen model's default, not the first model's.
+    _, metadata, _ = client.predict("a kite", model="modelscope-tiny-random", steps=2, api_name="/generate")
+    assert metadata["params"]["frames"] == 16 and metadata["model"]["family"] == "modelscope"
+
+
+def _square_clip(path):
+    """3 frames, 64×64, of a white square moving right: a control video with edges that move."""
+    from t2v_fast.core.video import write_mp4
+
+    frames = np.zeros((3, 64, 64, 3), np.uint8)
+    for index in range(3):
+        frames[index, 20:40, 10 + 10 * index : 30 + 10 * index] = 255
+    write_mp4(frames, path, 4.0)
+    return path
+
+
+def test_guided_through_the_api(app, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from t2v_fast.core.video_input import load_video
+
+    url, _ = app
+    client = Client(url, verbose=False)
+    clip = handle_file(str(_square_clip(tmp_path / "square.mp4")))
+    maps = client.predict(clip, api_name="/preview_control")
+    assert [m["caption"] for m in maps] == ["frame 0", "frame 1", "frame 2"]
+    # The video and the prompt; the rest is the model's default (tiny-random's ControlNet, Canny), steps aside.
+    path, control, metadata = client.predict(clip, "a lighthouse", steps=2, seed=3, api_name="/guided")
+    assert load_video(path).frames.shape == (3, 64, 64, 3)
+    edges = load_video(control).frames
+    assert edges.shape == (3, 64, 64, 3) and edges.max() > 128  # the square's Canny edges
+    assert metadata["seed"] == 3 and metadata["params"]["annotator"] == "canny"
+    assert metadata["model"]["task"] == "guided"
+    with pytest.raises(AppError, match="canny_low must not exceed canny_high"):
+        client.predict(clip, "a lighthouse", canny_low=250, canny_high=10, steps=2, api_name="/guided")
+
+
 def test_a_modelscope_model_takes_its_defaults_and_refuses_motion(app):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
@@ -136,7 +190,7 @@ def _error_shown(page, text):
 
 
 @browser_test
-def test_both_tabs_in_a_real_browser(app, tmp_path):
+def test_every_tab_in_a_real_browser(app, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url, out = app
@@ -147,6 +201,7 @@ def test_both_tabs_in_a_real_browser(app, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         try:
             _walk_through_both_tabs(page, url, out, shots)
+            _guide_a_video(page, _square_clip(tmp_path / "square.mp4"), shots)
         except Exception:  # leave what the page showed, for whoever reads the failure
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
             print(f"page at the failure ({tmp_path / 'failure.png'}):\n{page.locator('body').inner_text()[:3000]}")
@@ -208,6 +263,27 @@ def _walk_through_both_tabs(page, url, out, shots):
     assert playing[0] and playing[1] > 0
     page.get_by_text("a dog in the snow").first.wait_for()
     page.screenshot(path=str(shots / "ui-night.png"), full_page=True)
+
+
+def _guide_a_video(page, clip, shots):
+    """The guided tab: upload a control video, preview its control maps, run, and watch the guided video."""
+    page.get_by_role("tab", name="Guided by a video").click()
+    _field_reads(page, "ControlNet", "tiny-random-controlnet")  # the base preset's own, filled when the page opened
+    page.locator("#control-video input[type=file]").set_input_files(str(clip))
+    page.locator("#control-video video").wait_for(timeout=60_000)  # uploaded: the clip plays in its field
+    page.get_by_role("button", name="Preview control maps").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('#control-maps img').length >= 3", timeout=60_000
+    )  # its 3 frames' Canny edges
+    _set(page, "Prompt (guided video)", "a lighthouse in the fog")
+    page.get_by_text("Guided video options").click()
+    page.get_by_label("Steps (guided video)", exact=True).wait_for()
+    _set(page, "Steps (guided video)", "2")
+    page.get_by_role("button", name="Run guided video").click()
+    duration, width, height = _video_facts(page, "#guided-video")
+    assert (width, height) == (64, 64) and duration == pytest.approx(3 / 4, abs=0.3)  # the clip's 3 frames at 4 fps
+    _video_facts(page, "#guided-control")  # and the control maps it followed
+    page.screenshot(path=str(shots / "ui-guided.png"), full_page=True)
 
 
 def test_a_night_is_named_relative_to_the_served_folder(app):

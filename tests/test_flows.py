@@ -149,3 +149,32 @@ def test_a_night_in_fast_mode_with_a_row_that_asks_for_the_exact_path(harness, t
     assert sidecars["fast"]["params"]["cache_interval"] == 3 and sidecars["exact"]["params"]["cache_interval"] == 1
     fast, exact = (read_mp4(out / f"{name}.mp4")[1] for name in ("fast", "exact"))
     assert fast.shape == exact.shape == (2, 64, 64, 3) and (fast != exact).any()
+
+
+@pytest.mark.server  # the harness: a real, temporary Prefect API
+def test_nightly_renders_plain_and_guided_rows_of_one_manifest(harness, tmp_path):
+    """Guided rows travel to the shards as JSON and come back typed (their task's settings), with the night's
+    ControlNet; a guided row without it, or on another family, would have been rejected (test_guided_manifest)."""
+    from test_guided import moving_shape
+
+    from flows.nightly import nightly
+    from t2v_fast.core.video import write_mp4
+
+    write_mp4(moving_shape(3, 48, 64), tmp_path / "walk.mp4", fps=8)
+    manifest = tmp_path / "mixed.csv"
+    manifest.write_text(
+        "id,prompt,control,annotator,frames\nplain,a cat,,,2\nwalk,a robot walking,walk.mp4,canny,\n"
+        "edges,a robot walking,walk.mp4,none,2\n"
+    )
+    out = tmp_path / "out"
+    options = dict(model="tiny-random", controlnet="tiny-random-controlnet", shard_size=2, defaults={"steps": 2})
+    assert nightly(str(manifest), str(out), **options) == {"done": 3, "skipped": 0, "failed": 0, "rejected": 0}
+    walk = json.loads((out / "walk.json").read_text())
+    assert (walk["model"]["task"], walk["model"]["controlnet"]["id"], walk["params"]["frames"]) == (
+        "guided",
+        "tiny-random-controlnet",
+        3,
+    )
+    assert read_mp4(out / "edges.mp4")[1].shape[0] == 2
+    assert json.loads((out / "plain.json").read_text())["model"]["task"] == "text-to-video"
+    assert nightly(str(manifest), str(out), **options) == {"done": 0, "skipped": 3, "failed": 0, "rejected": 0}

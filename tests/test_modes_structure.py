@@ -80,7 +80,7 @@ def folder_shaped_like(tiny_folder, tmp_path):
     [
         ("unet", {"in_channels": 8}, "twice the VAE's 4 latent channels: an Instruct-Pix2Pix model (video editing)"),
         ("model_index", {"_class_name": "StableDiffusionInstructPix2PixPipeline"}, "an Instruct-Pix2Pix model"),
-        ("model_index", {"controlnet": ["diffusers", "ControlNetModel"]}, "a ControlNet model (guided video)"),
+        ("model_index", {"controlnet": ["diffusers", "ControlNetModel"]}, "a ControlNet pipeline folder"),
         ("unet", {"in_channels": 5}, "a UNet taking 5 input channels, but its VAE gives 4"),
     ],
     ids=["pix2pix unet", "pix2pix pipeline", "controlnet", "odd channels"],

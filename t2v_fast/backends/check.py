@@ -1,9 +1,10 @@
 """`t2v-fast check`: every backend available here against PyTorch, component by component, on the same inputs.
 
-Each backend is called through the pipeline's own interface (encode_text, predict_noise, decode_latents, and fast
-mode's predict_noise_caching and predict_noise_cached where the export has its graphs), so what is checked is exactly
-what generation runs. The reference is the source model in float32 on the CPU, after checking that its weights are
-the ones the engine directory was exported from.
+Each backend is called through the pipeline's own interface (encode_text, predict_noise, decode_latents, fast mode's
+predict_noise_caching and predict_noise_cached where the export has its graphs, and guided video's
+predict_noise_guided where it has `unet_controlnet`), so what is checked is exactly what generation runs. The
+reference is the source model (with the export's ControlNet) in float32 on the CPU, after checking that its weights
+are the ones the engine directory was exported from.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from t2v_fast.runtime import ModelBackend
 # through the network; the UNet's matches the project's own full-size test (sd15 fp16 graph against the fp32
 # UNet: 5e-2 on an output of RMS ~1), and so does the VAE decoder's (as deep: torch's own fp16 decoder reaches 2.0e-2
 # against fp32 on modelscope-tiny-random); the text encoder is shallower. Fast mode's graphs are the UNet's layers
-# (the cached one fewer of them): the UNet's tolerance.
+# (the cached one fewer of them): the UNet's tolerance; so is guided video's, the UNet with the ControlNet's residuals
+# (a network as deep as its encoder half) added in.
+UNETS = ("unet", "unet_caching", "unet_cached", "unet_controlnet")
 DEFAULT_TOLERANCES = {
-    "fp32": {"text_encoder": 1e-4, "unet": 1e-4, "vae_decoder": 1e-4, "unet_caching": 1e-4, "unet_cached": 1e-4},
-    "fp16": {"text_encoder": 2e-2, "unet": 5e-2, "vae_decoder": 5e-2, "unet_caching": 5e-2, "unet_cached": 5e-2},
+    "fp32": {"text_encoder": 1e-4, "vae_decoder": 1e-4, **dict.fromkeys(UNETS, 1e-4)},
+    "fp16": {"text_encoder": 2e-2, "vae_decoder": 5e-2, **dict.fromkeys(UNETS, 5e-2)},
 }
 
 
@@ -76,7 +79,9 @@ def _cases(engine_dir: EngineDir, seed: int, reference: TorchBackend) -> list[Ca
     """Calls of every shape generation makes, on fixed random inputs (shapes from the network table): the text batch
     of a guided call (with a repeated prompt) and of one prompt; the UNet at all frames with and without guidance and
     at the first frame alone; a full and a one-image VAE batch. With fast mode's graphs, also a guided call at all
-    frames of each: the full step's noise and feature, and the cached step on the feature the reference cached."""
+    frames of each: the full step's noise and feature, and the cached step on the feature the reference cached. With
+    guided video's `unet_controlnet`, its calls at all frames with and without guidance (control maps in [0, 1],
+    the ControlNet's scale 1)."""
     info, settings = engine_dir.card, engine_dir.export_settings
     videos, frames = settings.videos, settings.frames
     assert frames is not None  # an export records its resolved frame count
@@ -105,6 +110,14 @@ def _cases(engine_dir: EngineDir, seed: int, reference: TorchBackend) -> list[Ca
         latents = inputs("vae_decoder", 1, 1, decoded)["latents"]
         return lambda b: b.decode_latents(cast(b, latents))
 
+    def guided(batch: int, count: int) -> Callable[[ModelBackend], torch.Tensor]:
+        made = inputs("unet_controlnet", batch, count, 1)
+        sample, timestep, hidden = made["sample"], made["timestep"], made["encoder_hidden_states"]
+        control, scale = made["control"], made["controlnet_scale"]
+        return lambda b: b.predict_noise_guided(
+            cast(b, sample), timestep, cast(b, hidden), cast(b, control), cast(b, scale)
+        )
+
     cases = [
         Case("text_encoder", f"batch={2 * videos}", text(2 * videos)),
         Case("text_encoder", "batch=1", text(1)),
@@ -114,6 +127,11 @@ def _cases(engine_dir: EngineDir, seed: int, reference: TorchBackend) -> list[Ca
         Case("vae_decoder", f"images={images}", vae(images)),
         Case("vae_decoder", "images=1", vae(1)),
     ]
+    if "unet_controlnet" in engine_dir.networks:
+        cases += [
+            Case("unet_controlnet", f"frames={frames},batch={2 * videos}", guided(2 * videos, frames)),
+            Case("unet_controlnet", f"frames={frames},batch={videos}", guided(videos, frames)),
+        ]
     if "unet_caching" not in engine_dir.networks:
         return cases
     made = inputs("unet", 2 * videos, frames, 1)
@@ -163,10 +181,16 @@ def check_engine_dir(
     path: str, tolerances: dict[str, float] | None = None, seed: int = 0
 ) -> tuple[list[ComponentResult], dict[str, str]]:
     engine_dir = EngineDir.load(path)
-    components = load_components(engine_dir.model_id, device="cpu", dtype="float32")
+    card = engine_dir.card
+    components = load_components(engine_dir.model_id, device="cpu", dtype="float32", controlnet=card.controlnet or None)
     if components.weights_sha256 != engine_dir.weights_sha256:
         raise UserError(
             f"model {engine_dir.model_id!r} no longer has the weights {path} was exported from"
+            " (weights hash mismatch); export again"
+        )
+    if card.controlnet and card.controlnet_sha256 and components.controlnet_sha256 != card.controlnet_sha256:
+        raise UserError(
+            f"ControlNet {card.controlnet!r} no longer has the weights {path} was exported with"
             " (weights hash mismatch); export again"
         )
     unknown = set(tolerances or {}) - set(engine_dir.networks)
@@ -189,7 +213,7 @@ def check_engine_dir(
 
 def format_report(results: list[ComponentResult], skipped: dict[str, str]) -> str:
     header = (
-        f"{'backend':<12} {'component':<13} {'case':<26} {'max abs err':>12} {'mean abs err':>13}"
+        f"{'backend':<12} {'component':<15} {'case':<26} {'max abs err':>12} {'mean abs err':>13}"
         f" {'ref RMS':>10} {'max/RMS':>10} {'tolerance':>10}"
     )
     lines = [f"{header}  result"]
@@ -197,7 +221,7 @@ def format_report(results: list[ComponentResult], skipped: dict[str, str]) -> st
         errors = f"{r.max_abs_error:>12.3e} {r.mean_abs_error:>13.3e} {r.reference_rms:>10.3e}"
         judged = f"{r.relative_error:>10.3e} {r.tolerance:>10.1e}"
         lines.append(
-            f"{r.backend:<12} {r.component:<13} {r.case:<26} {errors} {judged}  {'pass' if r.passed else 'FAIL'}"
+            f"{r.backend:<12} {r.component:<15} {r.case:<26} {errors} {judged}  {'pass' if r.passed else 'FAIL'}"
         )
     lines.append("tolerance: on the largest error relative to the float32 reference's RMS (max/RMS)")
     lines += [f"{name}: not checked: {reason}" for name, reason in skipped.items()]

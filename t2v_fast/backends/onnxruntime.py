@@ -109,7 +109,8 @@ class OnnxRuntimeBackend:
     address, never copied through host memory. With `cuda_graph` (CUDA provider), each UNet shape is captured once
     into a CUDA graph (ONNX Runtime's `gpu_graph_id`) over buffers that stay bound, and replayed. An export with fast
     mode's graphs (`t2v-fast export --fast`) runs fast mode's steps on `unet_caching` and `unet_cached`, the feature
-    between them a tensor on the provider's device like the latents.
+    between them a tensor on the provider's device like the latents; one with a ControlNet (`t2v-fast export
+    --controlnet`) runs guided video's steps on `unet_controlnet`, the control maps bound in place too.
     """
 
     name = "onnxruntime"
@@ -267,6 +268,28 @@ class OnnxRuntimeBackend:
             timestep=timestep,
             encoder_hidden_states=encoder_hidden_states,
             feature=feature,
+        )[0]
+
+    def predict_noise_guided(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        control: torch.Tensor,
+        controlnet_scale: torch.Tensor,
+    ) -> torch.Tensor:
+        """Guided video's step on `unet_controlnet` (ControlNet and UNet in one graph), bound in place like the
+        UNet's; an export without a ControlNet is refused, saying how to make one with it."""
+        if "unet_controlnet" not in self.sessions:
+            self.engine_dir.check_guided()
+        timestep = self.timesteps.get(timestep)
+        return self._run(
+            "unet_controlnet",
+            sample=sample,
+            timestep=timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            control=control.to(self.dtype),
+            controlnet_scale=controlnet_scale.to(self.dtype),
         )[0]
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

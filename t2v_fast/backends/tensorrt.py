@@ -3,7 +3,8 @@
 Split as in NVIDIA's TensorRT diffusion demo: building is `export.tensorrt_build` (ONNX -> engine, strongly typed,
 with optimisation profiles from `t2v_fast.core.profiles` and a timing cache), `TrtEngine` (one engine, one execution
 context per profile, named I/O bound to device buffers, CUDA graphs per shape for fixed-shape profiles) and
-`TensorRTBackend` (three engines, five with fast mode's, on one CUDA stream, sharing one block of device memory).
+`TensorRTBackend` (three engines, five with fast mode's, one more with guided video's `unet_controlnet`, on one CUDA
+stream, sharing one block of device memory).
 Engines are recorded in `engine.json`; loading refuses an engine whose ONNX or model hash, TensorRT version, GPU or
 precision does not match.
 
@@ -301,6 +302,26 @@ class TensorRTBackend:
             timestep=self.timesteps.get(timestep),
             encoder_hidden_states=encoder_hidden_states,
             feature=feature,
+        )[0]
+
+    def predict_noise_guided(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        control: torch.Tensor,
+        controlnet_scale: torch.Tensor,
+    ) -> torch.Tensor:
+        """Guided video's step on the `unet_controlnet` engine (ControlNet and UNet in one); an export without a
+        ControlNet is refused, saying how to make one with it."""
+        if "unet_controlnet" not in self.engines:
+            self.engine_dir.check_guided()
+        return self.engines["unet_controlnet"](
+            sample=sample,
+            timestep=self.timesteps.get(timestep),
+            encoder_hidden_states=encoder_hidden_states,
+            control=control,
+            controlnet_scale=controlnet_scale,
         )[0]
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

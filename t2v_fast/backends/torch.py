@@ -63,6 +63,8 @@ class TorchBackend:
         self.text_encoder = NETWORKS["text_encoder"].build(components)
         self.unet = NETWORKS["unet"].build(components)
         self.vae = NETWORKS["vae_decoder"].build(components)
+        # Guided video's step, over the same UNet module (weights and memory savings shared).
+        self.unet_controlnet = NETWORKS["unet_controlnet"].build(components) if components.controlnet else None
         if feed_forward_chunk:
             chunk_feed_forward(self.unet, feed_forward_chunk)
         self.device = components.unet.device  # the UNet the network wraps (`self.unet.unet`)
@@ -91,6 +93,20 @@ class TorchBackend:
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         return self.run_unet(sample, self.timesteps.get(timestep), encoder_hidden_states)
+
+    @torch.inference_mode()
+    def predict_noise_guided(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        control: torch.Tensor,
+        controlnet_scale: torch.Tensor,
+    ) -> torch.Tensor:
+        assert self.unet_controlnet is not None, "the pipeline runs guided video only with a ControlNet"
+        return self.unet_controlnet(
+            sample, self.timesteps.get(timestep), encoder_hidden_states, control, controlnet_scale
+        )
 
     def _split(self, branch: int) -> tuple[CachingUNet, CachedUNet]:
         """Fast mode's two modules for a branch, over the same UNet (weights, memory savings and layout shared)."""

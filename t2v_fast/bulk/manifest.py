@@ -3,6 +3,8 @@
 Format: UTF-8 (a BOM and CRLF line ends are fine), RFC 4180 quoting (fields may hold commas and newlines), a header
 row. `prompt` is required; `id` is optional; the request's own columns (`REQUEST_COLUMNS`) and every generation
 parameter (`t2v_fast.core.families.all_params`, one column each, by name) may override the run's defaults per row.
+A row with a `control` video (a path, relative to the manifest's folder or absolute) is a guided video; plain and
+guided rows mix in one manifest, and the run's defaults apply to each row's parameters that its task takes.
 Row numbers count records as a spreadsheet does: the header is row 1, the first prompt row 2.
 """
 
@@ -13,25 +15,46 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from t2v_fast.core.families import all_params, family_named
+from t2v_fast.core.families import (
+    TASKS,
+    TEXT_TO_VIDEO,
+    all_params,
+    family_named,
+    settings_of,
+    task_named,
+    task_of_inputs,
+)
 from t2v_fast.core.params import CommonParams, ParamProblem, ParamRequest, raise_problems, request_problems
+from t2v_fast.core.video_input import content_sha256
 from t2v_fast.errors import UserError
+from t2v_fast.families.guided.control import probe_control
 
 if TYPE_CHECKING:
     from t2v_fast.core.models import ModelCard
+    from t2v_fast.families.guided.params import GuidedParams
 
-# Column -> type of every number column: the request's own, and each generation parameter's, from its metadata.
-NUMBER_COLUMNS: dict[str, type] = {
+# Column -> type of every typed column: the request's own, and each generation parameter's, from its metadata.
+TYPED_COLUMNS: dict[str, type] = {
     "seed": int,
     "videos_per_prompt": int,
     **{info.name: info.kind for info in all_params()},
 }
 REQUEST_COLUMNS = ("negative_prompt", "seed", "videos_per_prompt")
-COLUMNS = ("id", "prompt", "negative_prompt", *(info.name for info in all_params()), "seed", "videos_per_prompt")
+# Input video columns, one per task input (`Task.input_videos`).
+INPUT_COLUMNS = tuple(dict.fromkeys(name for task in TASKS.values() for name in task.input_videos))
+COLUMNS = (
+    "id",
+    "prompt",
+    "negative_prompt",
+    *INPUT_COLUMNS,
+    *(info.name for info in all_params()),
+    "seed",
+    "videos_per_prompt",
+)
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 CLIP_TOKENS = 77
 
@@ -58,13 +81,18 @@ class ManifestRow:
     videos_per_prompt: int
     settings: CommonParams
     family: str  # whose settings they are (`Family.params`), so that a row read back from JSON is typed again
+    task: str = TEXT_TO_VIDEO.name  # ... with its task's (`Task.params`)
+    # Input videos by column (absolute paths) and their content hashes, part of the request.
+    inputs: dict[str, str] = field(default_factory=dict)
+    input_sha256: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> ManifestRow:
-        settings = family_named(entry["family"]).params(**entry["settings"])
+        task = task_named(entry.get("task", TEXT_TO_VIDEO.name))
+        settings = settings_of(family_named(entry["family"]), task)[0](**entry["settings"])
         return cls(**{**entry, "settings": settings})
 
 
@@ -87,8 +115,10 @@ def stable_id(values: dict[str, str]) -> str:
     return "row-" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _convert(column: str, text: str) -> int | float:
-    kind = NUMBER_COLUMNS[column]
+def _convert(column: str, text: str) -> int | float | str:
+    kind = TYPED_COLUMNS[column]
+    if kind is str:
+        return text.strip()  # a choice (`ParamInfo.choices`), checked with the other rules
     try:
         value = kind(text)
     except ValueError:
@@ -125,7 +155,7 @@ def read_records(path: Path) -> tuple[list[str], list[list[str]]]:
 def parse_manifest(path: str | Path, defaults: ParamRequest, model: ModelCard, base_seed: int = 0) -> Manifest:
     """Validate every row against the run's defaults and `model`; collect every problem with its row and column."""
     path = Path(path)
-    raise_problems(model.check(defaults)[1], where=f"invalid defaults for {path}: ")
+    raise_problems(_defaults_problems(defaults, model), where=f"invalid defaults for {path}: ")
     header, records = read_records(path)
     unknown = [name for name in header if name not in COLUMNS]
     manifest = Manifest(rows=[], rejected={}, total_rows=len(records))
@@ -143,7 +173,7 @@ def parse_manifest(path: str | Path, defaults: ParamRequest, model: ModelCard, b
         prompt = values.get("prompt", "").strip()
         negative = values.get("negative_prompt", "").strip()
         settings: dict[str, Any] = {}
-        for column in NUMBER_COLUMNS:
+        for column in TYPED_COLUMNS:
             text = values.get(column, "").strip()
             if text:
                 try:
@@ -159,8 +189,25 @@ def parse_manifest(path: str | Path, defaults: ParamRequest, model: ModelCard, b
             )
         elif row_id in first_row_of:
             problems.append(Problem(number, "id", f"duplicate id {row_id!r} (first at row {first_row_of[row_id]})"))
-        resolved, param_problems = model.check(ParamRequest(settings).merged(defaults))
-        problems += _blame(number, param_problems, settings)
+        inputs, input_problems = _input_videos(number, values, path.parent)
+        problems += input_problems
+        task = task_of_inputs(inputs)
+        if task.name not in model.tasks and task.families and model.family in task.families:
+            problems.append(Problem(number, task.input_videos[0], f"{task.title} needs a ControlNet for the run"))
+        resolved, param_problems = model.check(
+            ParamRequest(settings).merged(_defaults_for(defaults, model, task)), task
+        )
+        problems += _blame(number, param_problems, {**settings, **inputs})
+        hashes = {}
+        if not problems and resolved is not None:
+            try:
+                for column, video in inputs.items():
+                    probe_control(video, cast("GuidedParams", resolved))
+                    hashes[column] = content_sha256(video)
+                if inputs:  # another ControlNet makes another video of the same request
+                    hashes["controlnet"] = model.controlnet
+            except UserError as error:
+                problems.append(Problem(number, next(iter(inputs)), str(error)))
         if problems or resolved is None:
             manifest.rejected[number] = sorted(problems, key=lambda p: _COLUMN_ORDER.get(p.column, -1))
             manifest.rejected_ids[number] = values.get("id", "").strip()
@@ -170,8 +217,44 @@ def parse_manifest(path: str | Path, defaults: ParamRequest, model: ModelCard, b
             manifest.warnings.append(Problem(number, "prompt", f"longer than {CLIP_TOKENS} CLIP tokens; truncated"))
         seed = request.get("seed", base_seed + number - 2)
         videos = request.get("videos_per_prompt", 1)
-        manifest.rows.append(ManifestRow(number, row_id, prompt, negative, seed, videos, resolved, model.family))
+        row = ManifestRow(number, row_id, prompt, negative, seed, videos, resolved, model.family, task.name)
+        manifest.rows.append(replace(row, inputs=inputs, input_sha256=hashes))
     return manifest
+
+
+def _input_videos(number: int, values: dict[str, str], folder: Path) -> tuple[dict[str, str], list[Problem]]:
+    """The row's input videos as absolute paths (relative ones are the manifest folder's); a missing one is a
+    problem of its column."""
+    inputs, problems = {}, []
+    for column in INPUT_COLUMNS:
+        text = values.get(column, "").strip()
+        if not text:
+            continue
+        video = Path(text).expanduser()
+        video = video if video.is_absolute() else folder / video
+        if not video.exists():
+            problems.append(Problem(number, column, f"{text!r} does not exist (relative paths are the manifest's)"))
+        inputs[column] = str(video.resolve())
+    return inputs, problems
+
+
+def _task_params(model: ModelCard, task: Any) -> set[str]:
+    return {info.name for info in settings_of(model.family_record, task)[0].infos()}
+
+
+def _defaults_for(defaults: ParamRequest, model: ModelCard, task: Any) -> ParamRequest:
+    """The run's defaults that a row of `task` takes: a guided parameter's default is not a plain row's."""
+    taken = _task_params(model, task)
+    return ParamRequest({name: value for name, value in defaults.values.items() if name in taken})
+
+
+def _defaults_problems(defaults: ParamRequest, model: ModelCard) -> list[ParamProblem]:
+    """The run's defaults, checked for each task the model runs; one that no task takes is refused."""
+    tasks = [task_named(name) for name in model.tasks]
+    taken = set().union(*(_task_params(model, task) for task in tasks))
+    problems = [p for task in tasks for p in model.check(_defaults_for(defaults, model, task), task)[1]]
+    unused = {name: value for name, value in defaults.values.items() if name not in taken}
+    return problems + model.check(ParamRequest(unused))[1]
 
 
 # Problems of a row are listed in this order of columns (then unknown columns and extra fields first).

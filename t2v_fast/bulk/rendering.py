@@ -104,7 +104,20 @@ def request_sha256(
 
 
 def row_request_sha256(row: ManifestRow, video: int) -> str:
-    return request_sha256(row.prompt, row.negative_prompt, row.seed + video, row.settings.as_dict(), row.family)
+    settings = row.settings.as_dict()
+    return request_sha256(row.prompt, row.negative_prompt, row.seed + video, settings, row.family, row.input_sha256)
+
+
+def row_request_record(row: ManifestRow, video: int) -> dict[str, Any]:
+    """What a sidecar records of its request: the hash, the input videos' hashes, and the parameters the row left
+    for its input video to set (a guided video's length, rate and size), which the hash leaves out."""
+    unset = sorted(name for name, value in row.settings.as_dict().items() if value is None)
+    return {
+        "format": REQUEST_FORMAT,
+        "sha256": row_request_sha256(row, video),
+        "inputs": row.input_sha256,
+        "unset": unset,
+    }
 
 
 def recorded_request_sha256(meta: dict[str, Any]) -> str | None:
@@ -113,11 +126,12 @@ def recorded_request_sha256(meta: dict[str, Any]) -> str | None:
     A sidecar of another format, or written before the hash, is taken by what it records."""
     recorded = meta.get("request", {})
     try:
+        unset = set(recorded.get("unset", ()))
         hashed = request_sha256(
             meta["prompt"],
             meta["negative_prompt"],
             meta["seed"],
-            meta["params"],
+            {name: value for name, value in meta["params"].items() if name not in unset},
             meta["model"]["family"],
             recorded.get("inputs", {}),
         )
@@ -153,7 +167,7 @@ def batch_groups(rows: Sequence[ManifestRow], max_videos: int) -> list[list[Mani
     """Rows that share every setting but prompt and seed can denoise as one UNet batch, up to `max_videos` videos."""
     groups: dict[str, list[list[ManifestRow]]] = {}
     for row in rows:
-        key = json.dumps([row.settings.as_dict(), row.videos_per_prompt], sort_keys=True)
+        key = json.dumps([row.settings.as_dict(), row.videos_per_prompt, row.input_sha256], sort_keys=True)
         batches = groups.setdefault(key, [[]])
         if sum(r.videos_per_prompt for r in batches[-1]) + row.videos_per_prompt > max_videos and batches[-1]:
             batches.append([])
@@ -178,6 +192,7 @@ def _render(
             videos_per_prompt=rows[0].videos_per_prompt,
             settings=rows[0].settings,
             progress=False,
+            **rows[0].inputs,
         )
     )
     outputs = []
@@ -187,7 +202,7 @@ def _render(
         paths, measured = output_paths(out_dir, row), []
         for k, path in enumerate(paths):
             video = next(videos)
-            video.metadata["request"] = {"format": REQUEST_FORMAT, "sha256": row_request_sha256(row, k), "inputs": {}}
+            video.metadata["request"] = row_request_record(row, k)
             video.metadata["qc"] = qc.measure(video.frames, thresholds)
             measured.append(video.metadata["qc"])
             try:

@@ -20,7 +20,7 @@ from typing import Any
 from t2v_fast.atomic import atomic_path
 from t2v_fast.core.families import FAMILIES, TASKS, TEXT_TO_VIDEO
 from t2v_fast.core.models import ModelCard
-from t2v_fast.core.networks import COMPONENTS, FAST_NETWORKS
+from t2v_fast.core.networks import COMPONENTS, FAST_NETWORKS, GUIDED_NETWORKS
 from t2v_fast.errors import UserError
 
 ENGINE_JSON = "engine.json"
@@ -208,8 +208,27 @@ class EngineDir:
 
     @property
     def networks(self) -> tuple[str, ...]:
-        """The networks exported here, each a component of `engine.json`: fast mode's two only with `--fast`."""
-        return (*COMPONENTS, *FAST_NETWORKS) if self.export_settings.fast else COMPONENTS
+        """The networks exported here, each a component of `engine.json`: fast mode's two only with `--fast`, guided
+        video's `unet_controlnet` only with `--controlnet` (the card then records the ControlNet)."""
+        fast = FAST_NETWORKS if self.export_settings.fast else ()
+        guided = GUIDED_NETWORKS if self.manifest["model_info"].get("controlnet") else ()
+        return (*COMPONENTS, *fast, *guided)
+
+    def check_guided(self, controlnet: str | None = None) -> None:
+        """Refuse a guided-video request these graphs cannot run: an export without a ControlNet, or one asking for
+        another ControlNet than the one exported (the graphs hold its weights)."""
+        recorded = self.manifest["model_info"].get("controlnet", "")
+        if not recorded:
+            raise UserError(
+                f"{self.path} was exported without a ControlNet, so it cannot run guided video: export again with one"
+                f" (t2v-fast export {self.model_id} --controlnet CONTROLNET --out DIR), or run it from the model"
+                f" itself ({self.model_id} with --controlnet, torch backend)"
+            )
+        if controlnet is not None and controlnet != recorded:
+            raise UserError(
+                f"{self.path} was exported with ControlNet {recorded!r}, not {controlnet!r}: drop controlnet (the"
+                f" engine directory brings its own), or export again with --controlnet {controlnet}"
+            )
 
     def check_fast_mode(self, branch: int) -> None:
         """Refuse a fast-mode request that these graphs cannot run: an export without them, or another branch than

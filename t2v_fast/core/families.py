@@ -4,8 +4,9 @@
   training, by motion in the latent codes and cross-frame attention; `modelscope`, ModelScope text-to-video 1.7B, a
   video UNet (`UNet3DConditionModel`) trained on video, whose reference is diffusers' `TextToVideoSDPipeline`.
 - Tasks, beside the family: what a run makes from what — the networks it needs, the input videos it takes and its
-  guidance. Today one, `text-to-video`; guided video (ControlNet) and video editing (Instruct-Pix2Pix) are rows to
-  come, and a checkpoint shaped for them is refused, saying so, rather than run as something else.
+  guidance. `text-to-video`, every checkpoint's own; `guided`, a Text2Video-Zero base with a ControlNet following a
+  control video, chosen per request by giving one (`Task.input_videos`). Video editing (Instruct-Pix2Pix) is a row to
+  come, and a checkpoint shaped for it is refused, saying so, rather than run as something else.
 
 A model's family and task follow from its `model_index.json` and component configs (`identify`), so a folder, a hub
 id, a preset and an engine directory say what they are without a flag. This module imports nothing heavy: the
@@ -15,11 +16,12 @@ command line reads it (and the parameter metadata) for `--help`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from t2v_fast.core.params import CommonParams, ParamInfo, param_infos
 from t2v_fast.errors import UserError
+from t2v_fast.families.guided.params import GuidedParams
 from t2v_fast.families.text2video_zero.params import TextToVideoZeroParams
 
 
@@ -41,6 +43,9 @@ class Task:
     input_videos: tuple[str, ...]  # videos a request gives besides the prompt (none for text-to-video)
     guidance: str  # "two-way" (classifier-free) or "three-way" (Instruct-Pix2Pix's)
     unet_inputs_per_latent: int  # the UNet's input channels per VAE latent channel: 1, or 2 with an image's latents
+    families: tuple[str, ...]  # the families that run it
+    params: type[CommonParams] | None = None  # its settings, where they are not the family's
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # over the family's
 
 
 TEXT2VIDEO_ZERO = Family(
@@ -67,12 +72,28 @@ TEXT_TO_VIDEO = Task(
     input_videos=(),
     guidance="two-way",
     unet_inputs_per_latent=1,
+    families=(TEXT2VIDEO_ZERO.name, MODELSCOPE.name),
+)
+# Text2Video-Zero's guided video as the original system runs it: no latent motion (the control maps move the video),
+# 20 steps, guidance 9.0; the length and rate are the control video's (None: no default of the family's).
+GUIDED = Task(
+    name="guided",
+    title="guided video",
+    networks=("text_encoder", "unet_controlnet", "vae_decoder"),
+    input_videos=("control",),
+    guidance="two-way",
+    unet_inputs_per_latent=1,
+    families=(TEXT2VIDEO_ZERO.name,),
+    params=GuidedParams,
+    defaults={"steps": 20, "guidance": 9.0, "frames": None, "fps": None},
 )
 FAMILIES = {family.name: family for family in (TEXT2VIDEO_ZERO, MODELSCOPE)}
-TASKS = {task.name: task for task in (TEXT_TO_VIDEO,)}
+TASKS = {task.name: task for task in (TEXT_TO_VIDEO, GUIDED)}
 # Checkpoints shaped for a task not written yet, by what gives them away, with what to say.
 NOT_YET = {
-    "controlnet": "a ControlNet model (guided video), which t2v-fast does not run yet",
+    "controlnet": (
+        "a ControlNet pipeline folder; give its base model and its ControlNet apart (--controlnet FOLDER/controlnet)"
+    ),
     "StableDiffusionInstructPix2PixPipeline": (
         "an Instruct-Pix2Pix model (video editing), which t2v-fast does not run yet"
     ),
@@ -124,6 +145,23 @@ def identify(
     raise UserError(f"{model!r} has a UNet taking {inputs} input channels, but its VAE gives {latent}")
 
 
+def settings_of(family: Family, task: Task) -> tuple[type[CommonParams], dict[str, Any], str]:
+    """The settings class, the defaults and who takes them (for messages) of a family's task: the task's where it has
+    its own."""
+    if task.params is None:
+        return family.params, dict(family.defaults), f"{family.title} models"
+    return task.params, {**family.defaults, **task.defaults}, f"{task.title} requests"
+
+
+def task_of_inputs(inputs: Mapping[str, Any]) -> Task:
+    """The task a request runs, by the input videos it gives (none: text to video)."""
+    given = {name for name, value in inputs.items() if value is not None}
+    for task in TASKS.values():
+        if given == set(task.input_videos):
+            return task
+    raise UserError(f"no task takes the input videos {', '.join(sorted(given))} together")
+
+
 def param_owners() -> dict[str, str]:
     """Every parameter some family takes but not all, with the title of the family that takes it."""
     return {info.name: info.owner for info in all_params() if info.owner}
@@ -135,6 +173,9 @@ def all_params() -> tuple[ParamInfo, ...]:
     found: dict[str, ParamInfo] = {}
     for family in FAMILIES.values():
         for info in param_infos(family.params, family.title):
+            found.setdefault(info.name, info)
+    for task in TASKS.values():
+        for info in param_infos(task.params, task.title) if task.params else ():
             found.setdefault(info.name, info)
     return tuple(sorted(found.values(), key=lambda info: info.section != ""))
 

@@ -23,6 +23,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from t2v_fast.core.choices import DTYPE_NAMES
 from t2v_fast.core.deepcache import EXPORTED_BRANCH, branch_count, feature_channels
 from t2v_fast.core.families import (
+    GUIDED,
     TEXT2VIDEO_ZERO,
     TEXT_TO_VIDEO,
     Family,
@@ -31,6 +32,7 @@ from t2v_fast.core.families import (
     family_of_unet,
     identify,
     param_owners,
+    settings_of,
     task_named,
 )
 from t2v_fast.core.params import CommonParams, ParamProblem, ParamRequest, raise_problems, resolve
@@ -38,7 +40,7 @@ from t2v_fast.core.presets import PRESETS, build_random_components
 from t2v_fast.errors import UserError
 
 if TYPE_CHECKING:
-    from diffusers.models import UNet2DConditionModel, UNet3DConditionModel
+    from diffusers.models import ControlNetModel, UNet2DConditionModel, UNet3DConditionModel
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
@@ -76,6 +78,10 @@ class ModelComponents:
     vae: AutoencoderKL
     scheduler: Scheduler
     weights_sha256: str
+    # Guided video's ControlNet (`t2v_fast.families.guided.controlnet`), when one was loaded beside the base.
+    controlnet: ControlNetModel | None = None
+    controlnet_id: str = ""
+    controlnet_sha256: str = ""
 
     @property
     def card(self) -> ModelCard:
@@ -104,6 +110,9 @@ class ModelCard:
     # (0: unknown, in engine directories exported before fast mode).
     cache_branches: int = 0
     cache_feature_channels: int = 0
+    # Guided video: the ControlNet loaded beside the base ("" without one) and the hash of its weights.
+    controlnet: str = ""
+    controlnet_sha256: str = ""
     scheduler: Any = field(default=None, compare=False, repr=False)
     tokenizer: Any = field(default=None, compare=False, repr=False)
 
@@ -148,7 +157,7 @@ class ModelCard:
             "text_encoder": components.text_encoder.config.to_dict(),
         }
         model_index = {"_class_name": family_of_unet(configs["unet"]).pipeline_class}
-        return cls.from_configs(
+        card = cls.from_configs(
             components.model_id,
             model_index,
             configs,
@@ -156,6 +165,7 @@ class ModelCard:
             components.tokenizer,
             components.weights_sha256,
         )
+        return replace(card, controlnet=components.controlnet_id, controlnet_sha256=components.controlnet_sha256)
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any], scheduler: Any = None, tokenizer: Any = None) -> ModelCard:
@@ -187,14 +197,26 @@ class ModelCard:
         """... and at least two."""
         return 2 * self.vae_scale_factor
 
-    def check(self, request: ParamRequest) -> tuple[CommonParams | None, list[ParamProblem]]:
-        """The request's settings for this model, or None and every problem."""
-        family = self.family_record
-        return resolve(request, self, family.params, family.defaults, param_owners(), family.title)
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks this model runs: its checkpoint's, and guided video with a ControlNet beside it."""
+        return (self.task, GUIDED.name) if self.controlnet else (self.task,)
 
-    def resolve(self, request: ParamRequest) -> CommonParams:
-        """The request's settings for this model; a `UserError` names every problem."""
-        settings, problems = self.check(request)
+    def check(self, request: ParamRequest, task: Task | None = None) -> tuple[CommonParams | None, list[ParamProblem]]:
+        """The request's settings for this model running `task` (default: its checkpoint's), or None and every
+        problem."""
+        family = self.family_record
+        task = task or self.task_record
+        if family.name not in task.families:
+            message = f"{task.title} runs {', '.join(family_named(f).title for f in task.families)} models, and"
+            message += f" {self.model_id!r} is {family.title}"
+            return None, [ParamProblem(task.input_videos or ("model",), message)]
+        settings, defaults, title = settings_of(family, task)
+        return resolve(request, self, settings, defaults, param_owners(), title)
+
+    def resolve(self, request: ParamRequest, task: Task | None = None) -> CommonParams:
+        """The request's settings for this model running `task`; a `UserError` names every problem."""
+        settings, problems = self.check(request, task)
         raise_problems(problems)
         assert settings is not None
         return settings
@@ -319,18 +341,33 @@ def _load_pretrained(model: str) -> dict[str, Any]:
 
 
 def load_components(
-    model: str, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    model: str,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    controlnet: str | None = None,
 ) -> ModelComponents:
-    """Load a preset name, a diffusers-format folder or a hub id onto `device` in `dtype`."""
+    """Load a preset name, a diffusers-format folder or a hub id onto `device` in `dtype`, with a ControlNet (preset,
+    folder or hub id) beside it for guided video; a ControlNet that does not fit the base is refused first."""
+    from t2v_fast.families.guided.controlnet import check_fit, load_controlnet, read_controlnet_config
+
     device = device if isinstance(device, torch.device) else resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     parts = build_random_components(model) if model in PRESETS else _load_pretrained(model)
     digest = weights_sha256(parts["text_encoder"], parts["unet"], parts["vae"])
-    for name in ("text_encoder", "unet", "vae"):
-        module = parts[name].to(device).eval().requires_grad_(False)
+    guided: dict[str, Any] = {}
+    if controlnet is not None:
+        if family_of_unet({**parts["unet"].config, "_class_name": type(parts["unet"]).__name__}) is not TEXT2VIDEO_ZERO:
+            raise UserError(f"a ControlNet guides Text2Video-Zero models, and {model!r} is not one")
+        check_fit(controlnet, read_controlnet_config(controlnet), model, dict(parts["unet"].config))
+        network = load_controlnet(controlnet)
+        guided = {"controlnet": network, "controlnet_id": controlnet, "controlnet_sha256": weights_sha256(network)}
+    for name in ("text_encoder", "unet", "vae", "controlnet"):
+        if name not in parts and name not in guided:
+            continue
+        module = (parts.get(name) or guided[name]).to(device).eval().requires_grad_(False)
         # Cast floating-point tensors only; diffusers' `.to(dtype)` also logs a spurious note about fp32 modules.
         {torch.float32: module.float, torch.float16: module.half, torch.bfloat16: module.bfloat16}[dtype]()
-    return ModelComponents(model_id=model, weights_sha256=digest, **parts)
+    return ModelComponents(model_id=model, weights_sha256=digest, **parts, **guided)
 
 
 def save_components(components: ModelComponents, folder: str | Path) -> Path:

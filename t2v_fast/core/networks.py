@@ -21,6 +21,8 @@ from t2v_fast.attention_plugin import VideoUNet
 from t2v_fast.core.deepcache import EXPORTED_BRANCH, CachedUNet, CachingUNet
 from t2v_fast.core.families import MODELSCOPE, TEXT2VIDEO_ZERO
 from t2v_fast.core.models import ModelCard, ModelComponents
+from t2v_fast.errors import UserError
+from t2v_fast.families.guided.controlnet import ControlledVideoUNet, VideoControlNet
 from t2v_fast.families.modelscope.unet3d import VideoUNet3D
 
 if TYPE_CHECKING:
@@ -40,6 +42,9 @@ DYNAMIC_AXES: dict[str, tuple[int, int]] = {
     # symbolic (a guard `size != 1`). The ONNX graphs themselves have no range: smaller latents still run.
     "latent_height": (3, 1024),
     "latent_width": (3, 1024),
+    # Guided video's control maps, at the latents' size times the VAE's scale.
+    "height": (24, 8192),
+    "width": (24, 8192),
     # VAE decoder batch; below 64 because diffusers' upsampler branches at 64 (a `.contiguous()` that ONNX does not
     # need), which non-strict tracing cannot keep symbolic. The pipeline decodes DECODE_BATCH_SIZE at a time.
     "images": (1, 63),
@@ -77,7 +82,7 @@ class TensorSpec:
     name: str
     shape: tuple[str | int, ...]
     dtype: str = "float"
-    example: str = "noise"  # how to make an example input: noise, token_ids or timestep
+    example: str = "noise"  # how to make an example input: noise, unit (uniform in [0, 1)), token_ids, timestep, scale
 
     def resolve(self, dims: dict[str, int]) -> list[int]:
         return [dims[axis] if isinstance(axis, str) else axis for axis in self.shape]
@@ -124,6 +129,10 @@ class NetworkSpec:
                 made[spec.name] = torch.randint(0, 500, shape, generator=generator)
             elif spec.example == "timestep":
                 made[spec.name] = torch.tensor(EXAMPLE_TIMESTEP)
+            elif spec.example == "scale":
+                made[spec.name] = torch.tensor(1.0, dtype=dtype)
+            elif spec.example == "unit":
+                made[spec.name] = torch.rand(shape, generator=generator, dtype=dtype)
             else:
                 made[spec.name] = torch.randn(shape, generator=generator, dtype=dtype)
         return made
@@ -165,6 +174,8 @@ def dims(info: ModelCard, *, videos: int, frames: int, height: int, width: int, 
         "frames": frames,
         "latent_height": height // scale,
         "latent_width": width // scale,
+        "height": height // scale * scale,
+        "width": width // scale * scale,
         "images": images,
     }
 
@@ -175,6 +186,13 @@ VIDEO_UNETS: dict[str, Callable[[Any], nn.Module]] = {
     TEXT2VIDEO_ZERO.name: VideoUNet,
     MODELSCOPE.name: VideoUNet3D,
 }
+
+
+def _controlnet(components: ModelComponents) -> Any:
+    if components.controlnet is None:
+        raise UserError(f"{components.model_id!r} was loaded without a ControlNet, which guided video needs")
+    return components.controlnet
+
 
 LATENTS = ("videos", "frames", "channels", "latent_height", "latent_width")
 UNET_INPUTS = (
@@ -225,7 +243,20 @@ NETWORKS: dict[str, NetworkSpec] = {
         inputs=(*UNET_INPUTS, FEATURE),
         outputs=(NOISE,),
     ),
+    # Guided video's step (`t2v_fast.families.guided.controlnet`): the ControlNet and the UNet in one graph.
+    "unet_controlnet": NetworkSpec(
+        name="unet_controlnet",
+        build=lambda c: ControlledVideoUNet(VIDEO_UNETS[c.card.family](c.unet), VideoControlNet(_controlnet(c))),
+        config=lambda c: {**dict(c.unet.config), "controlnet": dict(_controlnet(c).config)},
+        inputs=(
+            *UNET_INPUTS,
+            TensorSpec("control", ("videos", "frames", 3, "height", "width"), example="unit"),
+            TensorSpec("controlnet_scale", (), example="scale"),
+        ),
+        outputs=(NOISE,),
+    ),
 }
 # Exported only on request, so an engine directory may lack them; every other network is in every one.
 FAST_NETWORKS = ("unet_caching", "unet_cached")
-COMPONENTS = tuple(name for name in NETWORKS if name not in FAST_NETWORKS)
+GUIDED_NETWORKS = ("unet_controlnet",)
+COMPONENTS = tuple(name for name in NETWORKS if name not in (*FAST_NETWORKS, *GUIDED_NETWORKS))

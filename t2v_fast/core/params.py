@@ -45,7 +45,7 @@ class ParamInfo:
     """What one parameter is, for every surface that shows or checks it (command line, manifest, web app)."""
 
     name: str
-    kind: type  # int or float
+    kind: type  # int, float, or str (one of `choices`)
     help: str
     label: str  # the web app's field label
     minimum: float | None = None
@@ -58,6 +58,7 @@ class ParamInfo:
     # A group of its own, listed after every family's parameters on every surface (so that adding one keeps the
     # positions of the others, e.g. the web API's inputs); "" for the plain ones.
     section: str = ""
+    choices: tuple[str, ...] = ()  # the values a str parameter takes
 
     @property
     def flag(self) -> str:
@@ -67,9 +68,15 @@ class ParamInfo:
         """The default, in words, for help texts: `by_family` says a family default ("8 for Text2Video-Zero, ...")."""
         if self.family_default:
             return by_family
-        return self.derived if self.default is None else f"{self.default:g}"
+        if self.default is None:
+            return self.derived
+        return self.default if isinstance(self.default, str) else f"{self.default:g}"
 
     def problems(self, value: Any, card: ModelCard) -> list[ParamProblem]:
+        if self.kind is str:
+            if value in self.choices:
+                return []
+            return [ParamProblem((self.name,), f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")]
         if self.kind is not int:
             return number_problems(self.name, value, self.minimum, self.exclusive)
         if not self.size:
@@ -92,9 +99,23 @@ def param(
     family_default: bool = False,
     derived: str = "",
     section: str = "",
+    choices: tuple[str, ...] = (),
 ) -> Any:
     """A parameter field; see `ParamInfo`. The dataclass default is the fixed default (None when it has none)."""
-    info = ParamInfo("", kind, help, label, minimum, exclusive, size, family_default, derived, default, section=section)
+    info = ParamInfo(
+        "",
+        kind,
+        help,
+        label,
+        minimum,
+        exclusive,
+        size,
+        family_default,
+        derived,
+        default,
+        section=section,
+        choices=choices,
+    )
     return field(default=default, metadata={"param": info})
 
 
@@ -190,19 +211,19 @@ def resolve(
     settings: type[Settings],
     family_defaults: Mapping[str, Any],
     owners: Mapping[str, str],
-    family_title: str,
+    takers: str,
 ) -> tuple[Settings | None, list[ParamProblem]]:
     """The request resolved into `settings` for `card`, or None and every problem, in field order.
 
     `owners` names the family or task of every parameter some model takes, so that one this model does not take is
-    refused saying whose it is."""
+    refused saying whose it is, and who does not (`takers`: "ModelScope text-to-video models")."""
     infos = {info.name: info for info in param_infos(settings)}
     problems = []
     for name in request.values:
         if name in infos:
             continue
         if name in owners:
-            message = f"{name} is a {owners[name]} parameter; {family_title} models do not take it"
+            message = f"{name} is a {owners[name]} parameter; {takers} do not take it"
         else:
             message = f"unknown parameter {name!r}"
         problems.append(ParamProblem((name,), message))
@@ -287,5 +308,8 @@ def number_problems(name: str, value: Any, minimum: float | None = None, exclusi
 
 
 def default_of(info: ParamInfo, family_defaults: Mapping[str, Any]) -> Any:
-    """A parameter's default when nothing derives it: the family's, the fixed one, or None (derived)."""
-    return family_defaults.get(info.name) if info.family_default else info.default
+    """A parameter's default when nothing derives it: the family's (or the task's, which may also override a fixed
+    default, e.g. guided video's 20 steps), the fixed one, or None (derived)."""
+    if info.family_default or info.name in family_defaults:
+        return family_defaults.get(info.name)
+    return info.default

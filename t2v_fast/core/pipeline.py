@@ -14,9 +14,10 @@ import logging
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -26,6 +27,7 @@ from transformers import CLIPTokenizer
 
 from t2v_fast._version import __version__
 from t2v_fast.core.deepcache import DeepCache
+from t2v_fast.core.families import GUIDED, Task, settings_of, task_of_inputs
 from t2v_fast.core.guidance import ClassifierFreeGuidance
 from t2v_fast.core.models import Scheduler, dtype_name
 from t2v_fast.core.networks import DECODE_BATCH_SIZE
@@ -58,6 +60,22 @@ class Batch:
     guider: ClassifierFreeGuidance
     generators: list[torch.Generator]
     deep_cache: DeepCache | None = None  # fast mode's schedule; None: every step runs the whole UNet
+    inputs: Mapping[str, torch.Tensor] = field(default_factory=dict)  # the task's input videos as tensors
+
+
+@dataclass(frozen=True)
+class PreparedInputs:
+    """A request's input videos, read: the settings they complete (a guided video's length and size are its control
+    video's), the tensors the render takes, what the sidecar records of them, and the control maps followed."""
+
+    settings: Any
+    tensors: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    records: Mapping[str, Any] = field(default_factory=dict)
+    control_maps: np.ndarray | None = None
+
+
+# A task's loop: a batch and its settings in, uint8 frames `(videos, F, H, W, 3)` out.
+Render = Callable[["Batch", Any, dict[str, float], bool], np.ndarray]
 
 
 def expand_requests(
@@ -143,6 +161,7 @@ class VideoPipeline(ABC):
         videos_per_prompt: int = 1,
         settings: CommonParams | None = None,
         progress: bool = True,
+        control: str | Path | np.ndarray | None = None,
         **params: Any,
     ) -> list[Video]:
         """Generate `videos_per_prompt` videos per prompt, prompt-major; always a list.
@@ -155,19 +174,34 @@ class VideoPipeline(ABC):
         of the MP4; for Text2Video-Zero also `motion_x`/`motion_y`, `t0`/`t1` and `chunk_size`. Another family
         refuses those with a `UserError`. `settings`, instead of `params`: settings already resolved for this model
         (`ModelCard.resolve`), as a night's manifest rows carry them.
+
+        `control`, for guided video (a pipeline loaded with a ControlNet): the video to follow, a file (MP4, WebM,
+        GIF), a folder of PNG frames or a uint8 array `(F, H, W, 3)`; its frames become control maps by the
+        `annotator` parameter, and the video takes their number, rate and size unless `frames`, `fps`, `height` and
+        `width` say otherwise (`t2v_fast.families.guided.params`).
         """
         started = time.perf_counter()
+        task = task_of_inputs({"control": control})
+        run = self.renders().get(task.name)
+        if run is None:
+            engine_dir = getattr(self.backend, "engine_dir", None)
+            if engine_dir is not None:  # an engine folder brings its ControlNet: it says how to export one
+                engine_dir.check_guided()
+            raise UserError(f"{task.title} needs a ControlNet: load the pipeline with one (controlnet=...)")
+        settings_class = settings_of(self.card.family_record, task)[0]
         if settings is not None and params:
             raise UserError("give either resolved settings or parameters, not both")
-        if settings is not None and type(settings) is not self.card.family_record.params:
-            kind = self.card.family_record.params.__name__
-            raise UserError(f"settings are {type(settings).__name__}, and this model takes {kind}")
+        if settings is not None and type(settings) is not settings_class:
+            kind = settings_class.__name__
+            raise UserError(f"settings are {type(settings).__name__}, and this request takes {kind}")
         problems: list[ParamProblem] = []
         if settings is None:
-            settings, problems = self.card.check(ParamRequest.of(**params))
+            settings, problems = self.card.check(ParamRequest.of(**params), task)
         requests, request_issues = plan_requests(prompt, negative_prompt, seed, videos_per_prompt)
         raise_problems([*request_issues, *problems])  # every problem at once, the request's first
         assert settings is not None
+        prepared = self.prepare_inputs(settings, {"control": control}, progress)
+        settings = prepared.settings
         check_fast_mode = getattr(self.backend, "check_fast_mode", None)  # engine backends: graphs for one branch
         if settings.cache_interval > 1 and check_fast_mode is not None:
             check_fast_mode(settings.cache_branch)  # before any work
@@ -178,13 +212,14 @@ class VideoPipeline(ABC):
             text_embeddings = self.encode_prompts(requests, guider.enabled)
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]
         fast = DeepCache(settings.cache_interval, settings.cache_branch) if settings.cache_interval > 1 else None
-        batch = Batch(requests, text_embeddings, guider, generators, fast)
-        frames = self.render(batch, settings, timings, progress)
+        batch = Batch(requests, text_embeddings, guider, generators, fast, prepared.tensors)
+        frames = run(batch, settings, timings, progress)
         timings["total_s"] = time.perf_counter() - started
 
+        metadata = [self._metadata(request, settings, timings, len(requests), task) for request in requests]
         return [
-            Video(frames=frames[i], metadata=self._metadata(request, settings, timings, len(requests)))
-            for i, request in enumerate(requests)
+            Video(frames=frames[i], metadata={**meta, **prepared.records}, control=prepared.control_maps)
+            for i, meta in enumerate(metadata)
         ]
 
     def generate_video(self, prompt: str, **options: Any) -> Video:
@@ -216,6 +251,15 @@ class VideoPipeline(ABC):
         """Noise to decoded frames for a batch of videos, uint8 `(videos, F, H, W, 3)`: the family's algorithm.
         `settings` are the family's (`Family.params`)."""
 
+    def renders(self) -> dict[str, Render]:
+        """The render of each task this pipeline runs: its checkpoint's own (`render`); a pipeline with more tasks
+        adds theirs."""
+        return {self.card.task: self.render}
+
+    def prepare_inputs(self, settings: Any, videos: dict[str, Any], progress: bool) -> PreparedInputs:
+        """A task's input videos read (`Task.input_videos`), before any model work. Text to video has none."""
+        return PreparedInputs(settings)
+
     def scheduler_for(self, steps: int) -> Scheduler:
         """A fresh copy of the model's scheduler set to `steps` steps: stepping changes a scheduler's state, and the
         model's own stays as loaded for the next request."""
@@ -235,18 +279,22 @@ class VideoPipeline(ABC):
         batch: Batch,
         scheduler: Scheduler,
         bar: tqdm | None,
+        conditions: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Scheduler steps with the batch's guidance around the backend's UNet. A stochastic scheduler (Euler
         ancestral) draws each video's step noise from that video's generator, so the seed rule holds for it too.
 
         In fast mode, the deep feature is cached by this loop only: each call (a phase of the family's algorithm, a
-        chunk) starts with a full step at its own batch shape (`t2v_fast.core.deepcache`)."""
+        chunk) starts with a full step at its own batch shape (`t2v_fast.core.deepcache`). `conditions` are a guided
+        step's further inputs (control maps as the guider lays the batch out, the ControlNet's scale)."""
         step_options = {"generator": batch.generators} if _takes_generator(scheduler) else {}
         cache, feature = batch.deep_cache, None
         for step, t in enumerate(timesteps):
             model_input = scheduler.scale_model_input(batch.guider.batch(latents), t)
             unet_inputs = {"sample": model_input, "timestep": t, "encoder_hidden_states": batch.text_embeddings}
-            if cache is None:
+            if conditions:
+                predicted = self.backend.predict_noise_guided(**unet_inputs, **conditions)
+            elif cache is None:
                 predicted = self.backend.predict_noise(**unet_inputs)
             elif cache.is_full_step(step):
                 predicted, feature = self.backend.predict_noise_caching(**unet_inputs, branch=cache.branch)
@@ -278,9 +326,10 @@ class VideoPipeline(ABC):
         return frames
 
     def _metadata(
-        self, request: VideoRequest, settings: CommonParams, timings: dict[str, float], batch: int
+        self, request: VideoRequest, settings: CommonParams, timings: dict[str, float], batch: int, task: Task
     ) -> dict[str, Any]:
         card = self.card
+        controlnet = {"controlnet": {"id": card.controlnet, "weights_sha256": card.controlnet_sha256}}
         return {
             "prompt": request.prompt,
             "negative_prompt": request.negative_prompt,
@@ -289,8 +338,9 @@ class VideoPipeline(ABC):
             "model": {
                 "id": card.model_id,
                 "family": card.family,
-                "task": card.task,
+                "task": task.name,
                 "weights_sha256": card.weights_sha256,
+                **(controlnet if task.name == GUIDED.name else {}),
             },
             "backend": self.backend.name,
             **self.backend.placement,

@@ -126,6 +126,27 @@ PRESETS: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {
 }
 
 
+def _tiny_controlnet_config() -> dict[str, Any]:
+    """The ControlNet of `tiny-random`'s UNet, as `ControlNetModel.from_unet` derives one, with a small control-map
+    encoder."""
+    unet = TINY_CONFIGS["unet"]
+    keys = ["cross_attention_dim", "block_out_channels", "layers_per_block", "in_channels", "down_block_types"]
+    keys += ["attention_head_dim", "norm_num_groups"]
+    return {key: unet[key] for key in keys} | {"conditioning_embedding_out_channels": [8, 16, 32, 32]}
+
+
+def _packaged_controlnet_config() -> dict[str, Any]:
+    return json.loads((resources.files("t2v_fast") / "configs" / "sd15" / "controlnet.json").read_text())
+
+
+# Random-weight ControlNets fitting the base presets of the same size: `tiny-random`'s, and the SD 1.5 ControlNets'
+# architecture (lllyasviel/sd-controlnet-canny, -depth, -openpose: one config, 361 M parameters) for `sd15-random`.
+CONTROLNET_PRESETS: dict[str, Callable[[], dict[str, Any]]] = {
+    "tiny-random-controlnet": _tiny_controlnet_config,
+    "sd15-controlnet-random": _packaged_controlnet_config,
+}
+
+
 def preset_configs(name: str) -> dict[str, dict[str, Any]]:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")

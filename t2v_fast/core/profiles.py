@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from t2v_fast.core.engine_dir import EngineDir
 from t2v_fast.core.families import TEXT2VIDEO_ZERO
 from t2v_fast.core.models import ModelCard
-from t2v_fast.core.networks import DECODE_BATCH_SIZE, FAST_NETWORKS, NETWORKS, dims
+from t2v_fast.core.networks import DECODE_BATCH_SIZE, FAST_NETWORKS, GUIDED_NETWORKS, NETWORKS, dims
 from t2v_fast.errors import UserError
 
 Profile = dict[str, list[list[int]]]  # input name -> [min, opt, max] shape
@@ -71,7 +71,8 @@ class BuildRanges:
         frame alone, which only Text2Video-Zero sends, and all frames: a chunked video's chunks all have the frame
         count, see `pipeline.plan_chunks`), so that each can replay a CUDA graph; dynamic ranges give one profile that
         spans them. The text encoder and the VAE run a few times per video and always get one ranged profile. Fast
-        mode's two UNet graphs get the UNet's profiles (for every export: those without them build no engine).
+        mode's two UNet graphs and guided video's `unet_controlnet` (its control maps at the latents' size in pixels)
+        get the UNet's profiles (for every export: those without them build no engine).
         """
         for name, axis in (("height", self.height), ("width", self.width)):
             for value in (axis.minimum, axis.optimum, axis.maximum):
@@ -97,8 +98,10 @@ class BuildRanges:
             unet_opt = self._dims(info, "optimum", 2 * videos.optimum, frames.optimum, 1)
             unet_high = self._dims(info, "maximum", 2 * videos.maximum, frames.maximum, 1)
             points = [(unet_low, unet_opt, unet_high)]
-        # Fast mode's graphs take the UNet's calls (and the feature, at the latents' size): the UNet's profiles.
-        unets = {name: [NETWORKS[name].profile(*point) for point in points] for name in ("unet", *FAST_NETWORKS)}
+        # Fast mode's graphs take the UNet's calls (and the feature, at the latents' size), guided video's the UNet's
+        # and the control maps (at the size in pixels): the UNet's profiles.
+        names = ("unet", *FAST_NETWORKS, *GUIDED_NETWORKS)
+        unets = {name: [NETWORKS[name].profile(*point) for point in points] for name in names}
         return {"text_encoder": ranged["text_encoder"], **unets, "vae_decoder": ranged["vae_decoder"]}
 
 

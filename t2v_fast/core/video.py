@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -21,9 +22,11 @@ class Video:
 
     frames: np.ndarray
     metadata: dict[str, Any] = field(default_factory=dict)
+    control: np.ndarray | None = None  # guided video: the control maps it followed, uint8 `(F, H, W, 3)`
 
-    def save(self, path: str | Path, fps: float | None = None) -> Path:
-        """Write an H.264 MP4 and its `.json` sidecar, each to a temporary file first and then renamed into place.
+    def save(self, path: str | Path, fps: float | None = None, save_control: bool = False) -> Path:
+        """Write an H.264 MP4 and its `.json` sidecar, each to a temporary file first and then renamed into place;
+        with `save_control`, a guided video's control maps too, as `NAME.control.mp4`.
 
         The sidecar is written last, so its presence means the MP4 beside it is complete.
         """
@@ -33,18 +36,27 @@ class Video:
         fps = self.metadata.get("params", {}).get("fps", 4.0)
         check_writable(path)
         sidecar = path.with_suffix(".json")
-        # Both written before either is renamed (renaming takes no space): a disk that fills up leaves neither.
-        with atomic_path(sidecar) as tmp_sidecar, atomic_path(path) as tmp:
-            try:
-                write_mp4(self.frames, tmp, fps)
-            except OSError as error:
-                # ffmpeg quit (imageio-ffmpeg's broken pipe): what the file shows says more than the pipe.
-                if tmp.exists() and (error.errno == errno.EPIPE or "FFMPEG COMMAND" in str(error)):
-                    check_complete_mp4(tmp)
-                raise
-            check_complete_mp4(tmp)
+        control = self.control if save_control else None
+        # All written before any is renamed (renaming takes no space): a disk that fills up leaves none.
+        with contextlib.ExitStack() as stack:
+            tmp_sidecar = stack.enter_context(atomic_path(sidecar))
+            tmp = stack.enter_context(atomic_path(path))
+            _write_complete_mp4(self.frames, tmp, fps)
+            if control is not None:
+                _write_complete_mp4(control, stack.enter_context(atomic_path(path.with_suffix(".control.mp4"))), fps)
             tmp_sidecar.write_text(json.dumps(self.metadata, indent=2, sort_keys=True) + "\n")
         return path
+
+
+def _write_complete_mp4(frames: np.ndarray, tmp: Path, fps: float) -> None:
+    try:
+        write_mp4(frames, tmp, fps)
+    except OSError as error:
+        # ffmpeg quit (imageio-ffmpeg's broken pipe): what the file shows says more than the pipe.
+        if tmp.exists() and (error.errno == errno.EPIPE or "FFMPEG COMMAND" in str(error)):
+            check_complete_mp4(tmp)
+        raise
+    check_complete_mp4(tmp)
 
 
 def check_writable(path: Path) -> None:

@@ -107,7 +107,9 @@ def load_video(
         frames = _select(opened, start, end, fps or opened.fps, max_frames, size)
     finally:
         opened.close()
-    return InputVideo(frames=frames, fps=float(fps or opened.fps), source=_describe(source), sha256=_sha256(source))
+    return InputVideo(
+        frames=frames, fps=float(fps or opened.fps), source=_describe(source), sha256=content_sha256(source)
+    )
 
 
 def probe_video(path: str | Path, *, sequence_fps: float = DEFAULT_SEQUENCE_FPS) -> VideoFacts:
@@ -441,7 +443,7 @@ def _rgb_from_bytes(raw: bytes, width: int, height: int) -> np.ndarray:
 # Content hashes.
 
 
-def _sha256(source: str | Path | np.ndarray) -> str:
+def content_sha256(source: str | Path | np.ndarray) -> str:
     """A file's bytes; a PNG folder's sorted names and contents; an array's shape and bytes."""
     digest = hashlib.sha256()
     if isinstance(source, np.ndarray):

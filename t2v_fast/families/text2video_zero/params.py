@@ -15,6 +15,17 @@ if TYPE_CHECKING:
 MIN_CHUNK_SIZE = 2
 
 
+def chunk_size_param() -> Any:
+    """The chunk size field: Text2Video-Zero's and guided video's chunks follow one rule (`pipeline.plan_chunks`)."""
+    return param(
+        int,
+        "frames per UNet pass for long videos, anchor included",
+        "Chunk size",
+        minimum=MIN_CHUNK_SIZE,
+        derived="the whole video in one pass",
+    )
+
+
 @dataclass(frozen=True)
 class TextToVideoZeroParams(CommonParams):
     """Settings of one Text2Video-Zero video: the common ones and the motion's."""
@@ -31,13 +42,7 @@ class TextToVideoZeroParams(CommonParams):
     t1: int = param(
         int, "re-noising step, counted from the end", "t1", derived="47 of 50 steps, scaled to the step count"
     )
-    chunk_size: int | None = param(
-        int,
-        "frames per UNet pass for long videos, anchor included",
-        "Chunk size",
-        minimum=MIN_CHUNK_SIZE,
-        derived="the whole video in one pass",
-    )
+    chunk_size: int | None = chunk_size_param()
 
     optional: ClassVar[tuple[str, ...]] = ("chunk_size",)
 
