@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sections", help=f"comma-separated subset of {','.join(SECTIONS)} (default: all), e.g. memory_sweep alone"
     )
+    parser.add_argument(
+        "--onnx-engines",
+        help="an existing export of the preset with fast mode's graphs (t2v-fast export PRESET --fast) for the"
+        " onnxruntime contender, instead of exporting in the run (its export time is then not measured)",
+    )
     parser.add_argument("--quick", action="store_true", help="seconds on a CPU, for CI: checks the harness, not speed")
     parser.add_argument(
         "--out",
@@ -48,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.sections.split(",")) - set(SECTIONS)) if args.sections else []
     if unknown:
         parser.error(f"unknown benchmark sections {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.onnx_engines and not (Path(args.onnx_engines) / "engine.json").is_file():
+        parser.error(f"--onnx-engines {args.onnx_engines}: not an engine directory (no engine.json)")
     overrides: dict[str, Any] = {
         k: v
         for k, v in vars(args).items()

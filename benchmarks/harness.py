@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from t2v_fast.core.engine_dir import EngineDir
 from t2v_fast.core.models import dtype_name, load_components, resolve_device, resolve_dtype, save_components
 from t2v_fast.core.params import ParamRequest
 from t2v_fast.core.pipeline import VideoPipeline
@@ -54,6 +55,9 @@ class BenchConfig:
     sweep_chunk_size: int = 8
     throughput_videos: int = 4
     fast_intervals: tuple[int, ...] = (2, 3, 5)  # the fast section's cache intervals, beside exact (1)
+    # An existing export of the preset (fast mode's graphs included, `t2v-fast export PRESET --fast`) that the
+    # onnxruntime contender runs instead of exporting (e.g. the test session's); None: exported in the run, timed.
+    onnx_engines: str | None = None
     quick: bool = False
     sections: tuple[str, ...] = SECTIONS
     out_root: Path = RESULTS_ROOT
@@ -262,6 +266,8 @@ def run_benchmark(config: BenchConfig, on_section: Callable[[dict[str, Any]], No
     save_components(components, folder)
     del components
     model = str(folder)
+    if config.onnx_engines:
+        _check_reused_export(Path(config.onnx_engines), work.card.weights_sha256)
     written(result)
     makers = contender_makers(config, work, folder, device, dtype)
     if "backends" in config.sections:
@@ -304,7 +310,7 @@ def contender_makers(
             params["frames"],
             params["height"],
             params["width"],
-            folder.parent / "onnxruntime-engines",
+            Path(config.onnx_engines) if config.onnx_engines else folder.parent / "onnxruntime-engines",
         ),
         "tensorrt": lambda: tensorrt_runner(
             model,
@@ -316,6 +322,18 @@ def contender_makers(
             folder.parent / "tensorrt-engines",
         ),
     }
+
+
+def _check_reused_export(engines: Path, weights_sha256: str) -> None:
+    """An export given to the run (`onnx_engines`) must hold the run's model, fast mode's graphs included: the
+    onnxruntime contender runs it, and the fast section its fast graphs."""
+    if not EngineDir.is_engine_dir(engines):
+        raise ValueError(f"--onnx-engines {engines}: not an engine directory (no engine.json)")
+    engine_dir = EngineDir.load(engines, verify_hashes=False)
+    if engine_dir.weights_sha256 != weights_sha256:
+        raise ValueError(f"--onnx-engines {engines}: exported from other weights than the benchmarked model's")
+    if not engine_dir.export_settings.fast:
+        raise ValueError(f"--onnx-engines {engines}: exported without --fast (the fast section needs its graphs)")
 
 
 def _run_contenders(

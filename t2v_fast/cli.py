@@ -280,6 +280,21 @@ def _param_request(args: argparse.Namespace) -> ParamRequest:
     return ParamRequest.of(**{info.name: getattr(args, info.name) for info in all_params()})
 
 
+def _load_pipeline(args: argparse.Namespace, **options: Any) -> Any:
+    """The pipeline of `generate` and `batch`: the model, its ControlNet and depth model, on the chosen backend."""
+    from t2v_fast.loading import load_pipeline
+
+    return load_pipeline(
+        args.model,
+        controlnet=args.controlnet,
+        depth_model=args.depth_model,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        **options,
+    )
+
+
 def _generate(args: argparse.Namespace) -> int:
     from t2v_fast.core.video import check_writable
 
@@ -290,7 +305,7 @@ def _generate(args: argparse.Namespace) -> int:
     for path in paths:
         check_writable(path)
     source = args.model
-    from t2v_fast.loading import describe_model, load_pipeline
+    from t2v_fast.loading import describe_model
 
     # Every rule that needs only the model's configs is checked before its weights load (minutes for a large model).
     task = task_of_inputs({"control": args.control})
@@ -307,13 +322,8 @@ def _generate(args: argparse.Namespace) -> int:
 
         probe_control(args.control, cast("GuidedParams", settings))
     with _status(f"loading {source} ({args.backend} backend)", quiet=args.quiet):
-        pipeline = load_pipeline(
-            source,
-            controlnet=args.controlnet,
-            depth_model=args.depth_model,
-            backend=args.backend,
-            device=args.device,
-            dtype=args.dtype,
+        pipeline = _load_pipeline(
+            args,
             providers=args.providers.split(",") if args.providers else None,
             compile_unet=args.compile,
             cuda_graph=args.cuda_graph,
@@ -352,7 +362,7 @@ def _batch(args: argparse.Namespace) -> int:
         write_reports,
     )
     from t2v_fast.core.video import prepare_output_folder
-    from t2v_fast.loading import describe_model, load_pipeline
+    from t2v_fast.loading import describe_model
 
     source = args.model
     card = describe_model(source, controlnet=args.controlnet)
@@ -367,14 +377,7 @@ def _batch(args: argparse.Namespace) -> int:
     )
     if todo:
         with _status(f"loading {source} ({args.backend} backend)", quiet=False):
-            pipeline = load_pipeline(
-                source,
-                controlnet=args.controlnet,
-                depth_model=args.depth_model,
-                backend=args.backend,
-                device=args.device,
-                dtype=args.dtype,
-            )
+            pipeline = _load_pipeline(args)
         claims = Claims(args.out, run=f"t2v-fast batch (pid {os.getpid()})", lease_seconds=args.lease_seconds)
         try:
             with tqdm(total=len(todo), desc="rendering", unit="row") as bar:

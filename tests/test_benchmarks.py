@@ -4,8 +4,10 @@ The runs measure their own process (peak RSS on the CPU): they run the executabl
 
 import json
 import math
+import shutil
 
 import pytest
+import torch
 from conftest import run_cli
 from PIL import Image
 
@@ -14,10 +16,22 @@ BACKENDS = ("reference", "torch", "torch-compiled", "onnxruntime", "tensorrt")
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
+def bench(tmp_path_factory, tiny_engines):
     out = tmp_path_factory.mktemp("bench")
-    # --quick leaves the ONNX export out; the suite asks for it to cover the onnxruntime contender too.
-    result = run_cli("bench", "--quick", "--backends", "reference,torch,onnxruntime,tensorrt", "--out", str(out))
+    # --quick leaves the ONNX export out; the suite asks for it to cover the onnxruntime contender too, on the
+    # session's export of the same preset with fast mode's graphs (`conftest.tiny_engines`) rather than a second
+    # export of its own (about 45 s on 2 cores); the run exporting by itself, and timing it, is
+    # `test_the_onnxruntime_contender_exports_once_per_run_when_given_no_export` below.
+    result = run_cli(
+        "bench",
+        "--quick",
+        "--backends",
+        "reference,torch,onnxruntime,tensorrt",
+        "--onnx-engines",
+        str(tiny_engines),
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     [folder] = out.iterdir()
     return folder, json.loads((folder / "results.json").read_text())
@@ -57,7 +71,7 @@ def test_every_backend_is_reported(bench):
         assert entry["speedup_vs_reference"] > 0 and entry["unet_speedup_vs_reference"] > 0
         assert entry["max_pixel_diff_vs_reference"] <= 2, "every backend renders the reference's frames"
     assert backends["reference"]["speedup_vs_reference"] == 1.0
-    assert backends["onnxruntime"]["cold_start"]["export_s"] > 0
+    assert "export_s" not in backends["onnxruntime"]["cold_start"], "the session's export, given: not exported again"
     for name in ("torch-compiled", "tensorrt"):
         assert backends[name]["available"] is False and backends[name]["reason"]
     assert "TensorRT is not installed" in backends["tensorrt"]["reason"]
@@ -121,6 +135,51 @@ def test_fast_section(bench):
     assert "| tensorrt | - | not available: TensorRT is not installed" in table
 
 
+def test_the_onnxruntime_contender_exports_once_per_run_when_given_no_export(tiny_engines, tmp_path, monkeypatch):
+    """Without --onnx-engines the onnxruntime contender exports the run's model with fast mode's graphs at the run's
+    shapes, times the export as its cold start, and the next section's contender reuses it. The exporter itself is
+    the session's (`conftest.tiny_engines`, the same `export_model` through the CLI): here a copy of its export
+    stands in for it."""
+    import export
+    from benchmarks.runners import onnxruntime_runner
+
+    calls = []
+
+    def exported_by_copy(model, out, settings, progress=True, device="cpu"):
+        calls.append((model, settings, progress, device))
+        shutil.copytree(tiny_engines, out)
+
+    monkeypatch.setattr(export, "export_model", exported_by_copy)
+    engines = tmp_path / "onnxruntime-engines"
+    pipeline, cold = onnxruntime_runner("tiny-random", torch.device("cpu"), "fp32", 4, 64, 64, engines)._prepare()
+    [(model, settings, progress, device)] = calls
+    assert (model, progress, device) == ("tiny-random", False, "cpu")
+    assert (settings.frames, settings.height, settings.width, settings.videos) == (4, 64, 64, 1)
+    assert (settings.dtype, settings.fast) == ("fp32", True)
+    assert cold["export_s"] > 0 and cold["load_s"] > 0
+    assert pipeline.backend.name == "onnxruntime"
+    _, again = onnxruntime_runner("tiny-random", torch.device("cpu"), "fp32", 4, 64, 64, engines)._prepare()
+    assert len(calls) == 1 and "export_s" not in again, "the sections of one run share one export"
+
+
+def test_a_given_export_of_other_weights_or_without_fast_graphs_is_refused(tiny_engines, tmp_path):
+    from benchmarks.harness import _check_reused_export
+
+    weights = json.loads((tiny_engines / "engine.json").read_text())["source"]["weights_sha256"]
+    _check_reused_export(tiny_engines, weights)
+    with pytest.raises(ValueError, match="not an engine directory"):
+        _check_reused_export(tmp_path, weights)
+    with pytest.raises(ValueError, match="other weights"):
+        _check_reused_export(tiny_engines, "0" * 64)
+    exact = tmp_path / "exact"
+    shutil.copytree(tiny_engines, exact)
+    manifest = json.loads((exact / "engine.json").read_text())
+    manifest["export"]["fast"] = False
+    (exact / "engine.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="without --fast"):
+        _check_reused_export(exact, weights)
+
+
 def test_modelscope_against_its_own_reference(tmp_path):
     """`--preset modelscope-...` races TextToVideoSDPipeline; the memory sweep measures what our savings save."""
     result = run_cli(
@@ -152,6 +211,9 @@ def test_modelscope_against_its_own_reference(tmp_path):
 def test_unknown_section_is_a_clear_error(cli, tmp_path):
     result = cli("bench", "--quick", "--sections", "speed", "--out", str(tmp_path))
     assert result.returncode == 2 and "unknown benchmark sections speed" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = cli("bench", "--quick", "--onnx-engines", str(tmp_path), "--out", str(tmp_path))
+    assert result.returncode == 2 and "not an engine directory (no engine.json)" in result.stderr
     assert "Traceback" not in result.stderr
 
 

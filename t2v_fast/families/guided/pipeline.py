@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from t2v_fast.core.families import GUIDED
 from t2v_fast.core.pipeline import Batch, PreparedInputs, Render, check_finite, timed
-from t2v_fast.errors import UserError
 from t2v_fast.families.guided.control import read_control
 from t2v_fast.families.guided.params import GuidedParams
 from t2v_fast.families.text2video_zero.pipeline import TextToVideoZeroPipeline, plan_chunks
@@ -34,15 +33,15 @@ class GuidedPipeline(TextToVideoZeroPipeline):
     """A Text2Video-Zero base with a ControlNet: guided video for requests with a control video, and the base's text
     to video for those without."""
 
-    def renders(self) -> dict[str, Render]:
-        return {**super().renders(), GUIDED.name: self.render_guided}
-
     def __init__(self, *args: Any, depth_model: str | None = None, **kwargs: Any):
         """`depth_model`: the depth annotator's estimator (a preset, a folder or a hub id; default MiDaS DPT-Hybrid)."""
         super().__init__(*args, **kwargs)
         from t2v_fast.annotators import DEFAULT_DEPTH_MODEL
 
         self.depth_model = depth_model or DEFAULT_DEPTH_MODEL
+
+    def renders(self) -> dict[str, Render]:
+        return {**super().renders(), GUIDED.name: self.render_guided}
 
     def prepare_inputs(self, settings: Any, videos: dict[str, Any], progress: bool) -> PreparedInputs:
         """Step 1: the control video read by the settings' cut, rate and size, its control maps made; the settings'
@@ -53,12 +52,6 @@ class GuidedPipeline(TextToVideoZeroPipeline):
         video = read_control(videos["control"], guided, self.card.native_size)
         height, width = video.frames.shape[1:3]
         guided = replace(guided, frames=len(video.frames), fps=video.fps, height=height, width=width)
-        sizes = {"height": height, "width": width}
-        problems = [
-            p for info in type(guided).infos() if info.name in sizes for p in info.problems(sizes[info.name], self.card)
-        ]
-        if problems:
-            raise UserError(f"control video {video.source}: {problems[0]}")
         from t2v_fast.annotators import annotate
 
         maps = annotate(
@@ -104,8 +97,5 @@ class GuidedPipeline(TextToVideoZeroPipeline):
                     latents = self._denoise(latents, scheduler.timesteps, batch, scheduler, bar, conditions)
                     check_finite(latents, "latents", self.backend.dtype)
                 with timed(timings, "decode_s"):
-                    own_end = None if chunk.keep_count is None else chunk.keep_from + chunk.keep_count
-                    kept = latents[:, chunk.keep_from : own_end]
-                    stop = chunk.output_start + kept.shape[1]
-                    output[:, chunk.output_start : stop] = self.decode_video(kept)
+                    self.decode_chunk(latents, chunk, output)
         return output

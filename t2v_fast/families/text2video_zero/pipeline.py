@@ -108,8 +108,11 @@ class TextToVideoZeroPipeline(VideoPipeline):
                     latents = self._denoise(latents, plan.from_t1, batch, scheduler, bar)
                     check_finite(latents, "latents", self.backend.dtype)
                 with timed(timings, "decode_s"):
-                    own_end = None if chunk.keep_count is None else chunk.keep_from + chunk.keep_count
-                    kept = latents[:, chunk.keep_from : own_end]
-                    stop = chunk.output_start + kept.shape[1]
-                    output[:, chunk.output_start : stop] = self.decode_video(kept)
+                    self.decode_chunk(latents, chunk, output)
         return output
+
+    def decode_chunk(self, latents: torch.Tensor, chunk: Chunk, output: np.ndarray) -> None:
+        """Decode the frames a chunk keeps into their place in `output` `(videos, F, H, W, 3)`."""
+        own_end = None if chunk.keep_count is None else chunk.keep_from + chunk.keep_count
+        kept = latents[:, chunk.keep_from : own_end]
+        output[:, chunk.output_start : chunk.output_start + kept.shape[1]] = self.decode_video(kept)
