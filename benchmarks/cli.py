@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from . import BACKENDS, RESULTS_ROOT, SECTIONS
+from . import BACKENDS, DEFAULT_SECTIONS, RESULTS_ROOT, SECTIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,12 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep-frames", help="frame counts of the memory sweep, e.g. 8,16,32,64")
     parser.add_argument("--fast-intervals", help="cache intervals of the fast section beside exact (default 2,3,5)")
     parser.add_argument(
-        "--sections", help=f"comma-separated subset of {','.join(SECTIONS)} (default: all), e.g. memory_sweep alone"
+        "--sections",
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: {','.join(DEFAULT_SECTIONS)}), e.g."
+        " memory_sweep alone; guided races guided video (ControlNet) against its reference recipe",
     )
     parser.add_argument(
         "--onnx-engines",
         help="an existing export of the preset with fast mode's graphs (t2v-fast export PRESET --fast) for the"
         " onnxruntime contender, instead of exporting in the run (its export time is then not measured)",
+    )
+    parser.add_argument(
+        "--guided-engines",
+        help="an existing export of the preset with its ControlNet (t2v-fast export PRESET --controlnet CONTROLNET)"
+        " for the guided section's onnxruntime contender (default: --onnx-engines when it has unet_controlnet, else"
+        " exported in the run)",
     )
     parser.add_argument("--quick", action="store_true", help="seconds on a CPU, for CI: checks the harness, not speed")
     parser.add_argument(
@@ -55,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark sections {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     if args.onnx_engines and not (Path(args.onnx_engines) / "engine.json").is_file():
         parser.error(f"--onnx-engines {args.onnx_engines}: not an engine directory (no engine.json)")
+    if args.guided_engines and not (Path(args.guided_engines) / "engine.json").is_file():
+        parser.error(f"--guided-engines {args.guided_engines}: not an engine directory (no engine.json)")
     overrides: dict[str, Any] = {
         k: v
         for k, v in vars(args).items()

@@ -4,7 +4,8 @@ Everything is measured side by side in one process run, on the same inputs: per 
 VAE decode of all frames, end to end per video), cold start separately from warm runs, medians and p90s, peak memory,
 counted FLOPs and achieved TFLOP/s against a matmul ceiling measured in the same run, speed-up against diffusers'
 reference, fidelity against the reference's frames, a memory sweep over frame counts, batched throughput, and fast
-mode (DeepCache) against exact per backend and on the reference (`fast`). The reference is the model family's
+mode (DeepCache) against exact per backend and on the reference (`fast`), and guided video (ControlNet) per backend
+against its reference recipe (`guided`, only when selected). The reference is the model family's
 diffusers pipeline (`runners.REFERENCE_RUNNERS`). `sections` selects parts, e.g. the memory sweep alone for a
 full-size model on a machine where the rest would take hours.
 """
@@ -31,8 +32,9 @@ from t2v_fast.core.pipeline import VideoPipeline
 from t2v_fast.loading import describe_model, load_pipeline
 from t2v_fast.quiet import quiet_libraries
 
-from . import BACKENDS, RESULTS_ROOT, SECTIONS
+from . import BACKENDS, DEFAULT_SECTIONS, RESULTS_ROOT
 from .fast import run_fast
+from .guided import check_guided_export, run_guided
 from .measure import PeakMemory, count_flops, describe_machine, make_rss_track_live_memory, matmul_ceiling, timed
 from .report import write_outputs
 from .runners import REFERENCE_RUNNERS, Unavailable, Workload, onnxruntime_runner, tensorrt_runner, torch_runner
@@ -58,8 +60,11 @@ class BenchConfig:
     # An existing export of the preset (fast mode's graphs included, `t2v-fast export PRESET --fast`) that the
     # onnxruntime contender runs instead of exporting (e.g. the test session's); None: exported in the run, timed.
     onnx_engines: str | None = None
+    # An existing export of the preset with its ControlNet (`t2v-fast export PRESET --controlnet CONTROLNET`) for the
+    # guided section's onnxruntime contender; None: `onnx_engines` when it has `unet_controlnet`, else exported.
+    guided_engines: str | None = None
     quick: bool = False
-    sections: tuple[str, ...] = SECTIONS
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
     out_root: Path = RESULTS_ROOT
     notes: list[str] = field(default_factory=list)
 
@@ -266,8 +271,12 @@ def run_benchmark(config: BenchConfig, on_section: Callable[[dict[str, Any]], No
     save_components(components, folder)
     del components
     model = str(folder)
-    if config.onnx_engines:
+    if config.onnx_engines and {"backends", "fast"} & set(config.sections):
         _check_reused_export(Path(config.onnx_engines), work.card.weights_sha256)
+    if config.guided_engines and "guided" in config.sections:  # refused before hours of other sections, not after
+        problem = check_guided_export(Path(config.guided_engines), work.card.weights_sha256, None)
+        if problem:
+            raise ValueError(f"--guided-engines {config.guided_engines}: {problem}")
     written(result)
     makers = contender_makers(config, work, folder, device, dtype)
     if "backends" in config.sections:
@@ -289,6 +298,9 @@ def run_benchmark(config: BenchConfig, on_section: Callable[[dict[str, Any]], No
         written(result)
     if "fast" in config.sections:
         result["fast"] = run_fast(config, work, makers, load, lambda section: written({**result, "fast": section}))
+        written(result)
+    if "guided" in config.sections:
+        result["guided"] = run_guided(config, work, folder, lambda section: written({**result, "guided": section}))
         written(result)
     return result
 

@@ -48,6 +48,8 @@ def markdown(result: dict[str, Any]) -> str:
         ]
     if "fast" in result:
         lines += _fast_table(result["fast"])
+    if "guided" in result:
+        lines += _guided_table(result["guided"])
     return "\n".join([*lines, ""])
 
 
@@ -152,6 +154,40 @@ def _fast_table(fast: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _guided_table(guided: dict[str, Any]) -> list[str]:
+    """Guided video per contender: the backends table's stages, with the guided step (ControlNet + UNet)."""
+    lines = ["", "## Guided video (ControlNet)", ""]
+    if not guided["available"]:
+        return [*lines, f"Not available: {guided['reason']}."]
+    video = guided["control_video"]
+    lines += [
+        f"ControlNet `{guided['controlnet']}` over the run's model; control video {video['frames']} frames"
+        f" {video['width']}×{video['height']}: {guided['note']}. The reference is diffusers'"
+        " `StableDiffusionControlNetPipeline` with `CrossFrameAttnProcessor` on the UNet and the ControlNet, DDIM,"
+        " eta 0, one noise draw repeated over the frames (one video per call). Times: median / p90 in ms over warm"
+        " runs; a guided step is the ControlNet and the UNet at the full video batch with guidance; end to end is per"
+        " video; speed-ups are the reference's figure over the contender's, both measured in this run. ONNX Runtime's"
+        f" export: {guided['onnx_engines']['source']}.",
+        "",
+        "| contender | end to end | speed-up | guided step | step speed-up | text | VAE decode | peak memory MiB"
+        " | px diff vs ref max / mean | cold start s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in guided["contenders"].items():
+        if not r.get("available"):
+            lines.append(f"| {name} | not available: {r['reason']} | | | | | | | | |")
+            continue
+        s, ratios = r["stages"], r.get("stage_speedups_vs_reference", {})
+        cold = ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in r["cold_start"].items())
+        lines.append(
+            f"| {name} | {_ms(s['end_to_end_per_video'])} | {_ratio(r.get('speedup_vs_reference'))}"
+            f" | {_ms(s['guided_step'])} | {_ratio(ratios.get('guided_step'))} | {_ms(s['text_encoding'])}"
+            f" | {_ms(s['vae_decode'])} | {_mib(r['peak_memory_bytes'])} | {_pair(r.get('pixel_diff_vs_reference'))}"
+            f" | {cold} |"
+        )
+    return lines
+
+
 def _memory_table(sweep: list[dict[str, Any]]) -> list[str]:
     """Peak memory per frame count; with the peak without our memory savings when the sweep measured it."""
     compared = any("without_savings" in row for row in sweep)
@@ -194,6 +230,11 @@ def chart(result: dict[str, Any]) -> Image.Image:
         for r in entry.get("runs", [])
         if r["available"]
     ]
+    bars += [
+        (f"guided {name}", r["stages"]["end_to_end_per_video"]["median_s"])
+        for name, r in result.get("guided", {}).get("contenders", {}).items()
+        if r.get("available")
+    ]
     width, row, left = 720, 36, 150
     image = Image.new("RGB", (width, 60 + row * max(len(bars), 1)), "white")
     draw = ImageDraw.Draw(image)
@@ -205,7 +246,7 @@ def chart(result: dict[str, Any]) -> Image.Image:
         draw.text((10, top + 8), name, fill="black")
         length = int((width - left - 90) * seconds / longest)
         draw.rectangle(
-            [left, top + 4, left + length, top + row - 8], fill="#999999" if name.startswith("reference") else "#4a78c2"
+            [left, top + 4, left + length, top + row - 8], fill="#999999" if "reference" in name else "#4a78c2"
         )
         draw.text((left + length + 6, top + 8), f"{seconds:.2f}", fill="black")
     return image

@@ -222,20 +222,32 @@ def reference_arguments(params: dict[str, Any], names: dict[str, str] = REFERENC
     return {theirs: params[ours] for ours, theirs in names.items() if ours in params}
 
 
-def torch_runner(model: str, device: str, dtype: str, compile_unet: bool) -> PipelineRunner:
+def torch_runner(
+    model: str, device: str, dtype: str, compile_unet: bool, controlnet: str | None = None
+) -> PipelineRunner:
+    """Our pipeline on the torch backend; with `controlnet` (a preset or folder), the guided pipeline."""
+
     def prepare():
         started = time.perf_counter()
-        pipeline = load_pipeline(model, device=device, dtype=dtype, compile_unet=compile_unet)
+        pipeline = load_pipeline(model, device=device, dtype=dtype, compile_unet=compile_unet, controlnet=controlnet)
         return pipeline, {"load_s": time.perf_counter() - started}
 
     return PipelineRunner("torch-compiled" if compile_unet else "torch", prepare)
 
 
 def onnxruntime_runner(
-    model: str, device: torch.device, export_dtype: str, frames: int, height: int, width: int, engines: Path
+    model: str,
+    device: torch.device,
+    export_dtype: str,
+    frames: int,
+    height: int,
+    width: int,
+    engines: Path,
+    controlnet: str | None = None,
 ) -> PipelineRunner:
     """Our pipeline on ONNX Runtime over the engine directory `engines`, exported there (fast mode's graphs
-    included) by the first section that runs it: the sections of one run share one export."""
+    included) by the first section that runs it: the sections of one run share one export. With `controlnet`, an
+    export with guided video's `unet_controlnet` instead of fast mode's graphs (the guided section's)."""
     import onnxruntime
 
     from t2v_fast.backends.onnxruntime import onnxruntime_providers
@@ -252,9 +264,10 @@ def onnxruntime_runner(
         cold = {}
         if not EngineDir.is_engine_dir(engines):
             started = time.perf_counter()
-            settings = ExportSettings(frames, height, width, 1, export_dtype, fast=True)
+            settings = ExportSettings(frames, height, width, 1, export_dtype, fast=controlnet is None)
             # Traced on the device the contender runs on: an fp16 model never materialises on the CPU.
-            export_model(model, engines, settings, progress=False, device=str(device))
+            guided = {"controlnet": controlnet} if controlnet else {}
+            export_model(model, engines, settings, progress=False, device=str(device), **guided)
             cold["export_s"] = time.perf_counter() - started
         started = time.perf_counter()
         pipeline = load_pipeline(str(engines), backend="onnxruntime")
@@ -264,10 +277,17 @@ def onnxruntime_runner(
 
 
 def tensorrt_runner(
-    model: str, device: torch.device, frames: int, height: int, width: int, videos: int, engines: Path
+    model: str,
+    device: torch.device,
+    frames: int,
+    height: int,
+    width: int,
+    videos: int,
+    engines: Path,
+    controlnet: str | None = None,
 ) -> PipelineRunner:
-    """Our pipeline on TensorRT engines in `engines`, exported (fast mode's graphs included) and built there by the
-    first section that runs it."""
+    """Our pipeline on TensorRT engines in `engines`, exported (fast mode's graphs included; with `controlnet`,
+    guided video's `unet_controlnet` instead) and built there by the first section that runs it."""
     if importlib.util.find_spec("tensorrt") is None:
         raise Unavailable("TensorRT is not installed (pip install 't2v-fast[tensorrt]')")
     if device.type != "cuda":
@@ -281,8 +301,9 @@ def tensorrt_runner(
         cold = {}
         if not EngineDir.is_engine_dir(engines):
             started = time.perf_counter()
-            settings = ExportSettings(frames, height, width, videos, "fp16", fast=True)
-            export_model(model, engines, settings, False, str(device))
+            settings = ExportSettings(frames, height, width, videos, "fp16", fast=controlnet is None)
+            guided = {"controlnet": controlnet} if controlnet else {}
+            export_model(model, engines, settings, False, str(device), **guided)
             exported = time.perf_counter()
             fixed = [AxisRange(v, v, v) for v in (videos, frames, height, width)]
             build_engines(EngineDir.load(engines), BuildRanges(*fixed), "fp16", progress=False)

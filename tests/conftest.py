@@ -115,6 +115,15 @@ def depth_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def guided_engines(tmp_path_factory) -> Path:
+    """`tiny-random` with `tiny-random-controlnet` exported once through the CLI (the export's example shapes:
+    8 frames, 1 video, 64×64; no fast mode's graphs)."""
+    out = tmp_path_factory.mktemp("guided") / "engines"
+    run_cli("export", "tiny-random", "--controlnet", "tiny-random-controlnet", "--out", str(out), "--quiet", check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def pipeline(tiny_folder):
     from t2v_fast import load_pipeline
 

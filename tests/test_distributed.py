@@ -289,3 +289,34 @@ def test_a_frozen_node_taken_for_dead_is_a_false_alarm_and_every_row_it_rendered
         assert read_mp4(out / f"{name}.mp4")[1].shape[0] == 6
         assert json.loads((out / f"{name}.json").read_text())["seed"] == int(name.split("-")[1])
     _assert_clean(out)
+
+
+def test_a_night_of_plain_and_guided_rows_renders_on_the_gpu_workers(cluster, tmp_path):
+    """Guided rows through the real deployments and workers: the night's ControlNet reaches every shard, and the rows
+    travel to them as JSON with their control videos. Its rules do not depend on the database: PostgreSQL only."""
+    if cluster.database_url is None:
+        pytest.skip("a guided night runs on PostgreSQL only (the production database); SQLite runs the other nights")
+    from test_guided import moving_shape
+
+    from t2v_fast.core.video import write_mp4
+
+    write_mp4(moving_shape(3, 48, 64), tmp_path / "walk.mp4", fps=8)
+    manifest = tmp_path / "night.csv"
+    manifest.write_text(
+        "id,prompt,control,annotator,frames\nplain,a cat,,,2\nwalk,a robot walking,walk.mp4,canny,\n"
+        "edges,a robot walking,walk.mp4,none,2\nlost,a robot,missing.mp4,,\n"
+    )
+    out = tmp_path / "out"
+    _, state = trigger(cluster, manifest, out, defaults={"steps": 3}, controlnet="tiny-random-controlnet")
+    assert state == "COMPLETED"
+    results = read_results(out)
+    assert {k: r["status"] for k, r in results.items()} == {
+        "plain": "done",
+        "walk": "done",
+        "edges": "done",
+        "lost": "rejected",
+    }
+    walk = json.loads((out / "walk.json").read_text())
+    assert (walk["model"]["task"], walk["model"]["controlnet"]["id"]) == ("guided", "tiny-random-controlnet")
+    assert read_mp4(out / "walk.mp4")[1].shape[0] == 3 and read_mp4(out / "edges.mp4")[1].shape[0] == 2
+    assert all(r["state"] == "COMPLETED" for r in shard_runs(cluster, out))

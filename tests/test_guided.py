@@ -273,3 +273,45 @@ def test_a_controlnet_that_does_not_fit_is_refused_naming_both(tiny_folder):
         UserError, match=r"ControlNet 'sd15-controlnet-random' does not fit model .*cross_attention_dim 768 vs 32"
     ):
         load_pipeline(str(tiny_folder), controlnet="sd15-controlnet-random", device="cpu")
+
+
+def test_a_dreambooth_style_base_is_just_another_base_folder(tmp_path, tiny_folder, controlnet_folder):
+    """A DreamBooth-specialised checkpoint has its base's architecture and other weights: here `tiny-random` with a
+    fine-tuned-like UNet. The same ControlNet guides it, and its video is the recipe's on that base, not the first's."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    from t2v_fast import load_pipeline
+
+    base = shutil.copytree(tiny_folder, tmp_path / "dreambooth")
+    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(7)
+        for parameter in unet.parameters():
+            parameter.add_(0.05 * parameter.std().nan_to_num() * torch.randn(parameter.shape, generator=generator))
+    unet.save_pretrained(base / "unet")
+    from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline
+    from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+        CrossFrameAttnProcessor,
+    )
+
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        base,
+        controlnet=ControlNetModel.from_pretrained(controlnet_folder),
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.unet.set_attn_processor(CrossFrameAttnProcessor(batch_size=2))
+    pipe.controlnet.set_attn_processor(CrossFrameAttnProcessor(batch_size=2))
+    pipe.set_progress_bar_config(disable=True)
+
+    video_in = moving_shape(3, 64, 72)
+    options = dict(control=video_in, steps=3, seed=2, height=64, width=72, progress=False)
+    specialised = load_pipeline(str(base), controlnet=str(controlnet_folder), device="cpu", dtype="float32")
+    video = specialised.generate_video(PROMPT, **options)
+    assert max_pixel_diff(video.frames, reference_video(pipe, canny_maps(video_in), seed=2, steps=3)) <= TOLERANCE
+    first = load_pipeline(str(tiny_folder), controlnet=str(controlnet_folder), device="cpu", dtype="float32")
+    assert max_pixel_diff(video.frames, first.generate_video(PROMPT, **options).frames) > 10
+    assert video.metadata["model"]["id"] == str(base)

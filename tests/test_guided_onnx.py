@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import max_pixel_diff, run_cli
+from conftest import max_pixel_diff
 
 from t2v_fast import load_pipeline
 from t2v_fast.backends.onnxruntime import provider_options
@@ -45,15 +45,6 @@ def moving_square(frames: int, height: int, width: int) -> np.ndarray:
 
 
 CONTROL = moving_square(4, 72, 88)
-
-
-@pytest.fixture(scope="module")
-def guided_engines(tmp_path_factory) -> Path:
-    """`tiny-random` with `tiny-random-controlnet` exported once through the CLI (the export's example shapes:
-    8 frames, 1 video, 64×64; no fast mode's graphs)."""
-    out = tmp_path_factory.mktemp("guided") / "engines"
-    run_cli("export", "tiny-random", "--controlnet", CONTROLNET, "--out", str(out), "--quiet", check=True)
-    return out
 
 
 @pytest.fixture(scope="module")
