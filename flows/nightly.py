@@ -426,7 +426,7 @@ def nightly(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     card = describe_model(model, controlnet=controlnet)
-    parsed = parse_manifest(manifest, ParamRequest.of(**(defaults or {})), card, base_seed)
+    parsed = parse_manifest(manifest, ParamRequest.of(**(defaults or {})), card, base_seed, depth_model)
     for warning in parsed.warnings:
         logger.warning("%s", warning)
     for problem in parsed.problems:

@@ -413,7 +413,8 @@ def _field(
     owner = f"{info.owner}: " if info.owner else ""
     if default is None:
         by_family = defaults_by_family(info.name)
-        default = info.default_text(f"set to the model's default when the model changes ({by_family})")
+        words = f"set to the model's default when the model changes ({by_family})" if info.family_default else by_family
+        default = info.default_text(words)
         if not info.family_default:
             default = f"empty: {default}" if info.default is None else f"default {default}"
     else:

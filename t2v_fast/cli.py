@@ -317,6 +317,8 @@ def _generate(args: argparse.Namespace) -> int:
             EngineDir.load(source, verify_hashes=False).check_guided()
     settings, problems = card.check(_param_request(args), task)
     raise_problems(problems)
+    if task.name not in card.tasks:
+        raise UserError(f"{task.title} needs a ControlNet: give one with --controlnet")
     if args.control is not None:
         from t2v_fast.families.guided.control import probe_control
 
@@ -366,7 +368,7 @@ def _batch(args: argparse.Namespace) -> int:
 
     source = args.model
     card = describe_model(source, controlnet=args.controlnet)
-    parsed = parse_manifest(args.manifest, _param_request(args), card, args.seed)
+    parsed = parse_manifest(args.manifest, _param_request(args), card, args.seed, args.depth_model)
     prepare_output_folder(args.out)
     for warning in parsed.warnings:
         print(f"t2v-fast: warning: {warning}", file=sys.stderr)

@@ -218,8 +218,8 @@ def test_cli_guided_video_with_saved_control_maps(cli, tmp_path, tiny_folder, co
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--control", "{missing}"], "does not exist"),
-        (["--control", "{not_video}"], "not a video"),
+        (["--control", "{missing}", "--controlnet", "{controlnet}"], "does not exist"),
+        (["--control", "{not_video}", "--controlnet", "{controlnet}"], "not a video"),
         (["--control", "{clip}", "--controlnet", "{controlnet}", "--annotator", "sketch"], "invalid choice: 'sketch'"),
         (["--control", "{clip}"], "guided video needs a ControlNet"),
         (["--control", "{clip}", "--controlnet", "{controlnet}", "--model", "modelscope-tiny-random"], "ModelScope"),

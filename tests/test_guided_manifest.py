@@ -6,11 +6,13 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from test_guided import moving_shape
 
 from t2v_fast.bulk.manifest import parse_manifest
 from t2v_fast.core.params import ParamRequest
 from t2v_fast.core.video import write_mp4
+from t2v_fast.errors import UserError
 from t2v_fast.loading import describe_model
 
 HEADER = "id,prompt,control,annotator,controlnet_scale,start,end,frames\n"
@@ -112,3 +114,17 @@ def test_a_mixed_night_renders_then_skips_until_a_control_video_changes(
     statuses = {k: r["status"] for k, r in _results(out).items() if r["status"] != "rejected"}
     assert statuses == {"plain": "skipped", "walk": "done", "walk-depth": "done", "other": "skipped"}
     assert (out / "other.mp4").stat().st_mtime_ns == before
+
+
+def test_the_nights_defaults_apply_to_the_rows_whose_task_takes_them(tmp_path, tiny_folder, controlnet_folder):
+    """Fast mode for the night's plain rows does not refuse the night for its guided ones (guided video refuses fast
+    mode), a guided default does not reach a plain row, and a default no task takes is refused with the defaults."""
+    manifest = _night(tmp_path / "night", GOOD_ROWS)
+    card = describe_model(str(tiny_folder), controlnet=str(controlnet_folder))
+    defaults = ParamRequest.of(steps=2, cache_interval=3, controlnet_scale=0.7)
+    rows = {r.id: r for r in parse_manifest(manifest, defaults, card).rows}
+    assert (rows["plain"].settings.cache_interval, rows["walk"].settings.cache_interval) == (3, 1)
+    assert rows["walk"].settings.controlnet_scale == 0.7 and not hasattr(rows["plain"].settings, "controlnet_scale")
+    assert rows["walk-depth"].settings.controlnet_scale == 0.5  # the row's own, over the default
+    with pytest.raises(UserError, match=r"invalid defaults .*unknown parameter 'sharpness'"):
+        parse_manifest(manifest, ParamRequest.of(sharpness=2), card)

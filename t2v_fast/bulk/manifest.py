@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from t2v_fast.annotators import DEFAULT_DEPTH_MODEL
 from t2v_fast.core.families import (
     TASKS,
     TEXT_TO_VIDEO,
@@ -152,8 +153,11 @@ def read_records(path: Path) -> tuple[list[str], list[list[str]]]:
     return header, records[1:]
 
 
-def parse_manifest(path: str | Path, defaults: ParamRequest, model: ModelCard, base_seed: int = 0) -> Manifest:
-    """Validate every row against the run's defaults and `model`; collect every problem with its row and column."""
+def parse_manifest(
+    path: str | Path, defaults: ParamRequest, model: ModelCard, base_seed: int = 0, depth_model: str | None = None
+) -> Manifest:
+    """Validate every row against the run's defaults and `model`; collect every problem with its row and column.
+    `depth_model` is the run's depth annotator (part of a depth row's request)."""
     path = Path(path)
     raise_problems(_defaults_problems(defaults, model), where=f"invalid defaults for {path}: ")
     header, records = read_records(path)
@@ -204,8 +208,10 @@ def parse_manifest(path: str | Path, defaults: ParamRequest, model: ModelCard, b
                 for column, video in inputs.items():
                     probe_control(video, cast("GuidedParams", resolved))
                     hashes[column] = content_sha256(video)
-                if inputs:  # another ControlNet makes another video of the same request
+                if inputs:  # another ControlNet (or depth model) makes another video of the same request
                     hashes["controlnet"] = model.controlnet
+                if inputs and getattr(resolved, "annotator", None) == "depth":
+                    hashes["depth_model"] = depth_model or DEFAULT_DEPTH_MODEL
             except UserError as error:
                 problems.append(Problem(number, next(iter(inputs)), str(error)))
         if problems or resolved is None:
@@ -243,18 +249,27 @@ def _task_params(model: ModelCard, task: Any) -> set[str]:
 
 
 def _defaults_for(defaults: ParamRequest, model: ModelCard, task: Any) -> ParamRequest:
-    """The run's defaults that a row of `task` takes: a guided parameter's default is not a plain row's."""
+    """The run's defaults that a row of `task` takes: a guided parameter's default is not a plain row's, and fast
+    mode's is not a guided row's (guided video refuses it)."""
     taken = _task_params(model, task)
-    return ParamRequest({name: value for name, value in defaults.values.items() if name in taken})
+    return ParamRequest(
+        {
+            name: value
+            for name, value in defaults.values.items()
+            if name in taken and not model.check(ParamRequest({name: value}), task)[1]
+        }
+    )
 
 
 def _defaults_problems(defaults: ParamRequest, model: ModelCard) -> list[ParamProblem]:
-    """The run's defaults, checked for each task the model runs; one that no task takes is refused."""
+    """The run's defaults: each must be taken by some task the model runs, and those a task takes must agree."""
     tasks = [task_named(name) for name in model.tasks]
-    taken = set().union(*(_task_params(model, task) for task in tasks))
     problems = [p for task in tasks for p in model.check(_defaults_for(defaults, model, task), task)[1]]
-    unused = {name: value for name, value in defaults.values.items() if name not in taken}
-    return problems + model.check(ParamRequest(unused))[1]
+    for name, value in defaults.values.items():
+        verdicts = [model.check(ParamRequest({name: value}), task)[1] for task in tasks]
+        if all(verdicts):
+            problems += verdicts[0]
+    return problems
 
 
 # Problems of a row are listed in this order of columns (then unknown columns and extra fields first).

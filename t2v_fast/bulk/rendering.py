@@ -32,7 +32,7 @@ from t2v_fast.bulk import qc
 from t2v_fast.bulk.claims import Claims, Holder
 from t2v_fast.bulk.manifest import Manifest, ManifestRow
 from t2v_fast.bulk.qc import QcThresholds
-from t2v_fast.core.families import family_named
+from t2v_fast.core.families import TEXT_TO_VIDEO, family_named, settings_of, task_named
 from t2v_fast.core.params import default_of, param_infos
 from t2v_fast.core.pipeline import VideoPipeline
 from t2v_fast.errors import NumericalError, UserError
@@ -77,14 +77,15 @@ def request_sha256(
     params: dict[str, Any],
     family: str,
     inputs: dict[str, str] | None = None,
+    task: str = TEXT_TO_VIDEO.name,
 ) -> str:
     """The hash of what determines one video: its prompts and seed, the resolved parameters that differ from the
-    family's defaults (derived ones, such as the native size, always count), and the content hash of each input
-    video. A parameter at its fixed or family default is left out, so adding one changes no earlier request's hash;
-    a value is taken as its parameter's type (a whole-number motion written as 4 by an earlier version is 4.0)."""
-    record = family_named(family)
-    infos = {info.name: info for info in param_infos(record.params)}
-    defaults = record.defaults
+    defaults of its family's task (derived ones, such as the native size, always count), and the content hash of
+    each input video. A parameter at its fixed, family or task default is left out, so adding one changes no earlier
+    request's hash; a value is taken as its parameter's type (a whole-number motion written as 4 by an earlier
+    version is 4.0)."""
+    settings, defaults, _ = settings_of(family_named(family), task_named(task))
+    infos = {info.name: info for info in param_infos(settings)}
     changed = {}
     for name, value in params.items():
         info = infos.get(name)
@@ -105,13 +106,15 @@ def request_sha256(
 
 def row_request_sha256(row: ManifestRow, video: int) -> str:
     settings = row.settings.as_dict()
-    return request_sha256(row.prompt, row.negative_prompt, row.seed + video, settings, row.family, row.input_sha256)
+    seed = row.seed + video
+    return request_sha256(row.prompt, row.negative_prompt, seed, settings, row.family, row.input_sha256, row.task)
 
 
 def row_request_record(row: ManifestRow, video: int) -> dict[str, Any]:
     """What a sidecar records of its request: the hash, the input videos' hashes, and the parameters the row left
     for its input video to set (a guided video's length, rate and size), which the hash leaves out."""
-    unset = sorted(name for name, value in row.settings.as_dict().items() if value is None)
+    from_inputs = ("frames", "fps", "height", "width") if row.inputs else ()
+    unset = sorted(name for name in from_inputs if getattr(row.settings, name) is None)
     return {
         "format": REQUEST_FORMAT,
         "sha256": row_request_sha256(row, video),
@@ -134,6 +137,7 @@ def recorded_request_sha256(meta: dict[str, Any]) -> str | None:
             {name: value for name, value in meta["params"].items() if name not in unset},
             meta["model"]["family"],
             recorded.get("inputs", {}),
+            meta["model"].get("task", TEXT_TO_VIDEO.name),
         )
     except (KeyError, TypeError, AttributeError, UserError):
         return None
@@ -142,9 +146,12 @@ def recorded_request_sha256(meta: dict[str, Any]) -> str | None:
     return hashed
 
 
-def is_done(out_dir: Path, row: ManifestRow, model_id: str, weights_sha256: str = "") -> bool:
-    """Every video of the row exists, with a sidecar recording this very request and model (and these weights,
-    when both sides know them: a model described from configs alone does not yet)."""
+def is_done(
+    out_dir: Path, row: ManifestRow, model_id: str, weights_sha256: str = "", controlnet_sha256: str = ""
+) -> bool:
+    """Every video of the row exists, with a sidecar recording this very request and model (and these weights, the
+    base's and a guided row's ControlNet's, when both sides know them: a model described from configs alone does
+    not yet)."""
     for k, path in enumerate(output_paths(out_dir, row)):
         sidecar = path.with_suffix(".json")
         if not (path.is_file() and sidecar.is_file()):
@@ -159,6 +166,9 @@ def is_done(out_dir: Path, row: ManifestRow, model_id: str, weights_sha256: str 
         if model.get("id") != model_id:
             return False
         if weights_sha256 and model.get("weights_sha256") not in (None, weights_sha256):
+            return False
+        recorded_controlnet = model.get("controlnet", {}).get("weights_sha256")
+        if row.inputs and controlnet_sha256 and recorded_controlnet not in (None, controlnet_sha256):
             return False
     return True
 
@@ -237,7 +247,7 @@ def rendered_result(
 
 
 def _claim(
-    claims: Claims, out_dir: Path, row: ManifestRow, model: tuple[str, str], thresholds: QcThresholds
+    claims: Claims, out_dir: Path, row: ManifestRow, model: tuple[str, str, str], thresholds: QcThresholds
 ) -> RowResult | Holder | None:
     """Claim a row to render: None when it is ours to render, a result when another run rendered it, or the live
     holder that is rendering it now; a failed result when the claim cannot be written (a full or read-only disk)."""
@@ -281,7 +291,8 @@ def render_rows(
     out_dir.mkdir(parents=True, exist_ok=True)
     own_claims = claims is None
     claims = claims or Claims(out_dir, run=f"t2v-fast batch, pid {os.getpid()}")
-    model = (pipeline.card.model_id, pipeline.card.weights_sha256)  # the weights are known now: they count
+    card = pipeline.card
+    model = (card.model_id, card.weights_sha256, card.controlnet_sha256)  # the weights are known now: they count
     thresholds = qc_thresholds or QcThresholds()
     results: list[RowResult] = []
 
@@ -342,7 +353,8 @@ def _render_group(
                 finish(replace(done, qc=verdict))
             return
     for row in group:
-        saved_before = is_done(out_dir, row, pipeline.card.model_id, pipeline.card.weights_sha256)
+        card = pipeline.card
+        saved_before = is_done(out_dir, row, card.model_id, card.weights_sha256, card.controlnet_sha256)
         if len(group) > 1 and saved_before:  # saved before the failure
             saved = rendered_result(out_dir, row, "done", thresholds)
             finish(replace(saved, seconds=round(time.perf_counter() - started, 3), attempts=1))

@@ -134,8 +134,8 @@ def identify(
     family = family_of_unet(unet_config)
     latent = vae_config.get("latent_channels", 4)
     inputs = unet_config.get("in_channels", 4)
-    for task in TASKS.values():
-        if inputs == latent * task.unet_inputs_per_latent:
+    for task in TASKS.values():  # a checkpoint's own task; those with input videos are chosen per request
+        if not task.input_videos and inputs == latent * task.unet_inputs_per_latent:
             return family, task
     if inputs == 2 * latent:
         raise UserError(
@@ -180,6 +180,15 @@ def all_params() -> tuple[ParamInfo, ...]:
     return tuple(sorted(found.values(), key=lambda info: info.section != ""))
 
 
+INPUT_VIDEOS = "the input video's"  # a task default of None: the request's input video sets it
+
+
 def defaults_by_family(param: str) -> str:
-    """A parameter's default in every family that has one, for help texts: "8 for Text2Video-Zero, 16 for ..."."""
-    return ", ".join(f"{f.defaults[param]:g} for {f.title}" for f in FAMILIES.values() if param in f.defaults)
+    """A parameter's default in every family that has one, and where a task has its own, for help texts: "8 for
+    Text2Video-Zero, 16 for ..., the control video's for guided video"."""
+    found = [f"{f.defaults[param]:g} for {f.title}" for f in FAMILIES.values() if param in f.defaults]
+    for task in TASKS.values():
+        if param in task.defaults:
+            value = task.defaults[param]
+            found.append(f"{INPUT_VIDEOS if value is None else f'{value:g}'} for {task.title}")
+    return ", ".join(found)

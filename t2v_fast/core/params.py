@@ -69,8 +69,10 @@ class ParamInfo:
         if self.family_default:
             return by_family
         if self.default is None:
-            return self.derived
-        return self.default if isinstance(self.default, str) else f"{self.default:g}"
+            own = self.derived
+        else:
+            own = self.default if isinstance(self.default, str) else f"{self.default:g}"
+        return f"{own}, {by_family}" if by_family else own  # `by_family`: a task's own default, if any
 
     def problems(self, value: Any, card: ModelCard) -> list[ParamProblem]:
         if self.kind is str:

@@ -3,6 +3,7 @@ settings' cut, rate and size. Light to import: a manifest's validation uses it."
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,21 @@ def read_control(source: Any, settings: GuidedParams, native_size: int) -> Input
 
 def probe_control(source: str | Path, settings: GuidedParams) -> VideoFacts:
     """The checks a control video's header allows, without decoding it (a night checks every row this way): it
-    exists, reads as a video, and its cut starts before it ends."""
+    exists, reads as a video, its cut starts before it ends, and it holds the frames asked for (when the header
+    gives its length)."""
     facts = probe_video(source)
-    if facts.duration is not None and settings.start >= facts.duration:
+    if facts.duration is None:
+        return facts
+    if settings.start >= facts.duration:
         raise UserError(
             f"control video {source}: start {settings.start:g} s is not before its end ({facts.duration:g} s)"
         )
+    if settings.frames is not None:
+        end = min(settings.end or facts.duration, facts.duration)
+        available = math.ceil((end - settings.start) * (settings.fps or facts.fps) - 1e-6)
+        if available < settings.frames:
+            raise UserError(
+                f"control video {source} has about {available} frames from {settings.start:g} s at"
+                f" {settings.fps or facts.fps:g} fps, fewer than frames={settings.frames}"
+            )
     return facts

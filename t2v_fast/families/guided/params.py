@@ -86,6 +86,6 @@ class GuidedParams(CommonParams):
         end = values.get("end")
         if end is not None and not {"start", "end"} & said and end <= values["start"]:
             found.append(ParamProblem(("end", "start"), f"end ({end:g} s) must be after start ({values['start']:g} s)"))
-        if values["cache_interval"] > 1 and "cache_interval" not in said:
+        if "cache_interval" not in said and values["cache_interval"] > 1:
             found.append(ParamProblem(("cache_interval",), "fast mode (cache_interval > 1) does not run guided video"))
         return found
