@@ -41,7 +41,9 @@ def tests_never_write_tracked_files():
     before = _tracked_data_files()
     yield
     after = _tracked_data_files()
-    changed = sorted(n for n in before if after.get(n) != before[n])
+    # `make screenshots` asks the browser test to refresh the README's pictures in that folder: those may change.
+    asked = os.environ.get("T2V_FAST_SCREENSHOTS")
+    changed = sorted(n for n in before if after.get(n) != before[n] and not (asked and n.startswith(f"{asked}/")))
     assert not changed, f"tests wrote over tracked files: {changed}"
 
 
