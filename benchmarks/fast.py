@@ -30,7 +30,7 @@ from t2v_fast.core.deepcache import EXPORTED_BRANCH
 from t2v_fast.core.families import TEXT2VIDEO_ZERO
 from t2v_fast.core.pipeline import VideoPipeline
 
-from .measure import count_flops, synchronize, timed
+from .measure import count_flops, pixel_diff, synchronize, timed
 from .runners import ModelScopeReferenceRunner, PipelineRunner, ReferenceRunner, Unavailable, Workload
 
 if TYPE_CHECKING:
@@ -273,15 +273,10 @@ def _derive(rows: list[dict[str, Any]], reference_exact: dict[str, Any] | None, 
             row["speedup_vs_exact"] = exact["end_to_end_per_video"]["median_s"] / seconds
             row["unet_speedup_vs_exact"] = exact["unet"]["seconds_per_video"] / row["unet"]["seconds_per_video"]
             row["flops_ratio_vs_exact"] = row["flops_per_video"] / exact["flops_per_video"]
-            row["drift_vs_exact"] = _pixel_diff(row["_frames"], exact["_frames"])
+            row["drift_vs_exact"] = pixel_diff(row["_frames"], exact["_frames"])
         same = reference.get(row["cache_interval"])
         if same is not None and same is not row:
-            row["diff_vs_reference_same_interval"] = _pixel_diff(row["_frames"], same["_frames"])
-
-
-def _pixel_diff(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    return {"max": int(diff.max()), "mean": float(diff.mean())}
+            row["diff_vs_reference_same_interval"] = pixel_diff(row["_frames"], same["_frames"])
 
 
 def run_fast(

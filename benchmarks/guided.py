@@ -5,7 +5,7 @@ The reference is the recipe `tests/test_guided.py` holds us to: diffusers' `Stab
 saved base and ControlNet folders, DDIM from its scheduler's config, `CrossFrameAttnProcessor` on the UNet and the
 ControlNet, one `(1, C, h, w)` noise draw repeated over the frames, `[prompt] * frames`, eta 0; one video per call (its
 cross-frame attention relates the frames of one video). The model is the run's Text2Video-Zero preset with its
-matching ControlNet preset (`CONTROLNETS`); other presets and ModelScope report the section unavailable.
+matching ControlNet preset (`CONTROLNET_OF_PRESET`); other presets and ModelScope report the section unavailable.
 
 The control video is a synthetic moving shape at the workload's size and frame count, with annotator `none` (the
 video is the control maps): no annotator runs, so its cost is out of the race. Per contender, as the backends section:
@@ -27,18 +27,24 @@ import torch
 from t2v_fast.core.engine_dir import EngineDir
 from t2v_fast.core.families import TEXT2VIDEO_ZERO
 from t2v_fast.core.models import dtype_name, weights_sha256
-from t2v_fast.core.pipeline import VideoPipeline, VideoRequest
+from t2v_fast.core.presets import CONTROLNET_OF_PRESET
 
-from .measure import PeakMemory, timed
-from .runners import PipelineRunner, Unavailable, Workload, onnxruntime_runner, tensorrt_runner, torch_runner
+from .measure import pixel_diff
+from .runners import (
+    PipelineRunner,
+    Workload,
+    measure_contender,
+    onnxruntime_runner,
+    run_contenders,
+    tensorrt_runner,
+    torch_runner,
+)
 
 if TYPE_CHECKING:
     from .harness import BenchConfig
 
 # The section's contenders, in the order they run and are reported (torch-compiled is the backends section's only).
 GUIDED_CONTENDERS = ("reference", "torch", "onnxruntime", "tensorrt")
-# Each Text2Video-Zero preset's ControlNet preset (`t2v_fast.core.presets.CONTROLNET_PRESETS`) that fits its UNet.
-CONTROLNETS = {"tiny-random": "tiny-random-controlnet", "sd15-random": "sd15-controlnet-random"}
 STAGES = ("text_encoding", "guided_step", "vae_decode", "end_to_end_per_video")
 NOTE = (
     "the control video is a synthetic moving shape at the run's size and frame count, with annotator none (the video"
@@ -47,7 +53,8 @@ NOTE = (
 
 
 def moving_shape(frames: int, height: int, width: int) -> np.ndarray:
-    """A bright square and a disc moving across a dark gradient, uint8 `(F, H, W, 3)` (as `tests/test_guided.py`)."""
+    """A bright square and a disc moving across a dark gradient, uint8 `(F, H, W, 3)`: the section's control video,
+    and the tests' (`tests/test_guided.py` holds our guided video to the recipe on it)."""
     ys, xs = np.mgrid[0:height, 0:width]
     video = np.zeros((frames, height, width, 3), np.uint8)
     for k in range(frames):
@@ -65,51 +72,29 @@ def _step_inputs(work: Workload) -> dict[str, torch.Tensor]:
     return work._inputs("unet_controlnet", 2 * work.videos)
 
 
-class GuidedRunner:
-    """Our guided pipeline on one backend (a `PipelineRunner`'s `prepare`), through the section's stages."""
+class GuidedRunner(PipelineRunner):
+    """Our guided pipeline on one backend: a `PipelineRunner` whose step is guided video's (ControlNet and UNet)
+    and whose videos follow the control video."""
 
-    def __init__(self, name: str, prepare: Callable[[], tuple[VideoPipeline, dict[str, float]]], control: np.ndarray):
-        self.name = name
-        self._prepare = prepare
+    def __init__(self, runner: PipelineRunner, control: np.ndarray):
+        super().__init__(runner.name, runner._prepare)
         self.control = control
-        self.pipeline: VideoPipeline | None = None
-        self.cold: dict[str, float] = {}
-
-    @classmethod
-    def of(cls, runner: PipelineRunner, control: np.ndarray) -> GuidedRunner:
-        return cls(runner.name, runner._prepare, control)
 
     def load(self, work: Workload) -> None:
-        self.pipeline, self.cold = self._prepare()
-        self.work = work
-        self.requests = [
-            VideoRequest(p, work.negative_prompt, s) for p, s in zip(work.prompts, work.seeds, strict=True)
-        ]
+        super().load(work)
         self.step_args = _step_inputs(work)
-        self.latents = work.latents()
 
-    def encode(self) -> Any:
+    def unet(self) -> Any:
         assert self.pipeline is not None, "load() first"
-        return self.pipeline.encode_prompts(self.requests, True)
+        return self.pipeline.backend.predict_noise_guided(**self.step_args)
 
-    def step(self) -> Any:
+    def generate(self, work: Workload) -> np.ndarray:
         assert self.pipeline is not None, "load() first"
-        a = self.step_args
-        return self.pipeline.backend.predict_noise_guided(
-            a["sample"], a["timestep"], a["encoder_hidden_states"], a["control"], a["controlnet_scale"]
-        )
-
-    def decode(self) -> Any:
-        assert self.pipeline is not None, "load() first"
-        return self.pipeline.decode_video(self.latents)
-
-    def generate(self) -> np.ndarray:
-        assert self.pipeline is not None, "load() first"
-        params = self.work.params
+        params = work.params
         videos = self.pipeline.generate(
-            self.work.prompts,
-            negative_prompt=self.work.negative_prompt,
-            seed=self.work.seeds,
+            work.prompts,
+            negative_prompt=work.negative_prompt,
+            seed=work.seeds,
             control=self.control,
             annotator="none",
             steps=params["steps"],
@@ -178,7 +163,7 @@ class GuidedReferenceRunner:
         ]
 
     @torch.no_grad()
-    def step(self) -> Any:
+    def unet(self) -> Any:
         """The recipe's step: the ControlNet, then the UNet with its residuals, on our step's shapes."""
         self._cross_frame(2 * self.work.videos)
         down, mid = self.pipe.controlnet(
@@ -210,9 +195,9 @@ class GuidedReferenceRunner:
             for video in self.latents
         ]
 
-    def generate(self) -> np.ndarray:
+    def generate(self, work: Workload) -> np.ndarray:
         self._cross_frame(2)
-        work, params = self.work, self.work.params
+        params = work.params
         frames, height, width = len(self.control), params["height"], params["width"]
         card = work.card
         videos = []
@@ -238,42 +223,6 @@ class GuidedReferenceRunner:
 Runner = GuidedRunner | GuidedReferenceRunner
 
 
-def _run_contender(runner: Runner, work: Workload, config: BenchConfig) -> dict[str, Any]:
-    """Cold start, end to end (peak memory tracked around it) and the stages, as the backends section runs them."""
-    device = work.device
-    memory = PeakMemory(device)
-    started = time.perf_counter()
-    runner.load(work)
-    with memory.track():
-        first = time.perf_counter()
-        frames = runner.generate()
-        cold = {
-            **runner.cold,
-            "first_generate_s": time.perf_counter() - first,
-            "total_s": time.perf_counter() - started,
-        }
-        end_to_end = timed(runner.generate, device, max(config.warmup - 1, 0), config.repeats)
-    with torch.inference_mode():
-        stages = {
-            "text_encoding": timed(runner.encode, device, config.warmup, config.repeats),
-            "guided_step": timed(runner.step, device, config.warmup + 1, max(config.repeats, 3)),
-            "vae_decode": timed(runner.decode, device, config.warmup, config.repeats),
-        }
-    stages["end_to_end_per_video"] = {
-        key: [v / work.videos for v in value] if isinstance(value, list) else value / work.videos
-        for key, value in end_to_end.items()
-    }
-    return {
-        "available": True,
-        "cold_start": cold,
-        "stages": stages,
-        "peak_memory_bytes": memory.peak_bytes,
-        "memory_before_bytes": memory.baseline_bytes,
-        "allocator_peak_bytes": memory.allocator_peak_bytes,
-        "_frames": frames,
-    }
-
-
 def check_guided_export(engines: Path, weights_sha256: str, controlnet_sha256: str | None) -> str | None:
     """Why the export `engines` cannot run the guided section's model (None: it can): it must be an engine directory
     of the run's weights with guided video's `unet_controlnet`, of the run's ControlNet where that is known."""
@@ -297,13 +246,13 @@ def _makers(
     export_dtype = "fp16" if work.dtype == torch.float16 else "fp32"
     return {
         "reference": lambda: GuidedReferenceRunner(folder, controlnet, control),
-        "torch": lambda: GuidedRunner.of(
+        "torch": lambda: GuidedRunner(
             torch_runner(model, str(device), dtype_name(work.dtype), compile_unet=False, controlnet=net), control
         ),
-        "onnxruntime": lambda: GuidedRunner.of(
+        "onnxruntime": lambda: GuidedRunner(
             onnxruntime_runner(model, device, export_dtype, frames, height, width, engines, controlnet=net), control
         ),
-        "tensorrt": lambda: GuidedRunner.of(
+        "tensorrt": lambda: GuidedRunner(
             tensorrt_runner(
                 model, device, frames, height, width, config.videos, folder.parent / "tensorrt-guided-engines", net
             ),
@@ -316,8 +265,8 @@ def unavailable_reason(preset: str, family: str) -> str | None:
     """Why the section cannot run for this preset (None: it can)."""
     if family != TEXT2VIDEO_ZERO.name:
         return f"guided video (ControlNet) runs on Text2Video-Zero models; {preset} is {family}"
-    if preset not in CONTROLNETS:
-        fitting = ", ".join(f"{base} ({net})" for base, net in CONTROLNETS.items())
+    if preset not in CONTROLNET_OF_PRESET:
+        fitting = ", ".join(f"{base} ({net})" for base, net in CONTROLNET_OF_PRESET.items())
         return f"no ControlNet preset fits {preset}; presets with one: {fitting}"
     return None
 
@@ -333,7 +282,7 @@ def run_guided(
         return {"available": False, "reason": why}
     from t2v_fast.families.guided.controlnet import build_preset_controlnet
 
-    name = CONTROLNETS[config.preset]
+    name = CONTROLNET_OF_PRESET[config.preset]
     network = build_preset_controlnet(name)
     controlnet = folder.parent / name
     network.save_pretrained(controlnet)
@@ -352,20 +301,14 @@ def run_guided(
         "contenders": {},
     }
     makers = _makers(config, work, folder, controlnet, engines, control)
-    results: dict[str, Any] = section["contenders"]
-    for contender in GUIDED_CONTENDERS:
-        if contender not in config.backends:
-            reason = "not selected for this run" + (" (--quick)" if config.quick else "")
-            results[contender] = {"available": False, "reason": reason}
-            continue
-        try:
-            results[contender] = _run_contender(makers[contender](), work, config)
-        except Unavailable as reason:
-            results[contender] = {"available": False, "reason": str(reason)}
-        except Exception as error:  # one failing contender must not cost the rest
-            results[contender] = {"available": False, "reason": f"failed: {type(error).__name__}: {error}"}
-        print(f"guided {contender}: {_one_line(results[contender])}", flush=True)
-        on_contender(_without_frames(section))
+    section["contenders"] = results = run_contenders(
+        GUIDED_CONTENDERS,
+        config,
+        lambda name: measure_contender(makers[name](), work, config, step="guided_step"),
+        _one_line,
+        lambda done: on_contender({**section, "contenders": done}),
+        label="guided ",
+    )
     _derive(results)
     return section
 
@@ -399,17 +342,9 @@ def _derive(results: dict[str, Any]) -> None:
         result["stage_speedups_vs_reference"] = {
             stage: theirs[stage]["median_s"] / ours[stage]["median_s"] for stage in STAGES
         }
-        diff = np.abs(result["_frames"].astype(np.int16) - reference["_frames"].astype(np.int16))
-        result["pixel_diff_vs_reference"] = {"max": int(diff.max()), "mean": float(diff.mean())}
+        result["pixel_diff_vs_reference"] = pixel_diff(result["_frames"], reference["_frames"])
     for result in results.values():
         result.pop("_frames", None)
-
-
-def _without_frames(section: dict[str, Any]) -> dict[str, Any]:
-    contenders = {
-        name: {k: v for k, v in entry.items() if k != "_frames"} for name, entry in section["contenders"].items()
-    }
-    return {**section, "contenders": contenders}
 
 
 def _one_line(result: dict[str, Any]) -> str:

@@ -35,9 +35,25 @@ from t2v_fast.quiet import quiet_libraries
 from . import BACKENDS, DEFAULT_SECTIONS, RESULTS_ROOT
 from .fast import run_fast
 from .guided import check_guided_export, run_guided
-from .measure import PeakMemory, count_flops, describe_machine, make_rss_track_live_memory, matmul_ceiling, timed
+from .measure import (
+    PeakMemory,
+    count_flops,
+    describe_machine,
+    make_rss_track_live_memory,
+    matmul_ceiling,
+    pixel_diff,
+    timed,
+)
 from .report import write_outputs
-from .runners import REFERENCE_RUNNERS, Unavailable, Workload, onnxruntime_runner, tensorrt_runner, torch_runner
+from .runners import (
+    REFERENCE_RUNNERS,
+    Workload,
+    measure_contender,
+    onnxruntime_runner,
+    run_contenders,
+    tensorrt_runner,
+    torch_runner,
+)
 
 
 @dataclass
@@ -85,43 +101,6 @@ class BenchConfig:
             backends=("reference", "torch", "tensorrt"),
         )
         return cls(**{**settings, **overrides})
-
-
-def _stage_timings(runner, work: Workload, config: BenchConfig, device: torch.device) -> dict[str, Any]:
-    with torch.inference_mode():
-        return {
-            "text_encoding": timed(runner.encode, device, config.warmup, config.repeats),
-            "unet_call": timed(runner.unet, device, config.warmup + 1, max(config.repeats, 3)),
-            "vae_decode": timed(runner.decode, device, config.warmup, config.repeats),
-        }
-
-
-def _run_backend(runner, work: Workload, config: BenchConfig, device: torch.device) -> dict[str, Any]:
-    memory = PeakMemory(device)
-    started = time.perf_counter()
-    runner.load(work)
-    with memory.track():
-        first = time.perf_counter()
-        frames = runner.generate(work)
-        cold = {
-            **runner.cold,
-            "first_generate_s": time.perf_counter() - first,
-            "total_s": time.perf_counter() - started,
-        }
-        end_to_end = timed(lambda: runner.generate(work), device, max(config.warmup - 1, 0), config.repeats)
-    per_video = {
-        key: [v / work.videos for v in value] if isinstance(value, list) else value / work.videos
-        for key, value in end_to_end.items()
-    }
-    return {
-        "available": True,
-        "cold_start": cold,
-        "stages": {**_stage_timings(runner, work, config, device), "end_to_end_per_video": per_video},
-        "peak_memory_bytes": memory.peak_bytes,
-        "memory_before_bytes": memory.baseline_bytes,
-        "allocator_peak_bytes": memory.allocator_peak_bytes,
-        "_frames": frames,
-    }
 
 
 def _flops(pipeline: VideoPipeline, work: Workload) -> dict[str, int]:
@@ -280,7 +259,7 @@ def run_benchmark(config: BenchConfig, on_section: Callable[[dict[str, Any]], No
     written(result)
     makers = contender_makers(config, work, folder, device, dtype)
     if "backends" in config.sections:
-        results = _run_contenders(config, work, makers, device, lambda done: written({**result, "backends": done}))
+        results = _run_contenders(config, work, makers, lambda done: written({**result, "backends": done}))
 
     # Loaded after the contenders (so their peak memory is their own), each section's pipeline built with the torch
     # backend options it measures: FLOPs, memory sweep, throughput.
@@ -352,27 +331,12 @@ def _run_contenders(
     config: BenchConfig,
     work: Workload,
     makers: dict[str, Callable[[], Any]],
-    device: torch.device,
     on_contender: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
     """Every selected contender through the same stages; `on_contender` gets the results so far after each."""
-    results: dict[str, Any] = {}
-    for name in BACKENDS:
-        if name not in config.backends:
-            results[name] = {
-                "available": False,
-                "reason": "not selected for this run" + (" (--quick)" if config.quick else ""),
-            }
-            continue
-        try:
-            results[name] = _run_backend(makers[name](), work, config, device)
-        except Unavailable as reason:
-            results[name] = {"available": False, "reason": str(reason)}
-        except Exception as error:  # one failing contender (e.g. a compiler error on a new GPU) must not cost the rest
-            results[name] = {"available": False, "reason": f"failed: {type(error).__name__}: {error}"}
-        print(f"{name}: {_one_line(results[name])}", flush=True)
-        on_contender({k: {f: v for f, v in r.items() if f != "_frames"} for k, r in results.items()})
-    return results
+    return run_contenders(
+        BACKENDS, config, lambda name: measure_contender(makers[name](), work, config), _one_line, on_contender
+    )
 
 
 def _summarise_contenders(
@@ -409,9 +373,9 @@ def _derive(results: dict[str, Any], flops: dict[str, int], ceiling: dict[str, A
         if reference.get("available"):
             result["speedup_vs_reference"] = reference["stages"]["end_to_end_per_video"]["median_s"] / video_s
             result["unet_speedup_vs_reference"] = reference["stages"]["unet_call"]["median_s"] / unet_s
-            diff = np.abs(result["_frames"].astype(np.int16) - reference_frames.astype(np.int16))
-            result["max_pixel_diff_vs_reference"] = int(diff.max())
-            result["mean_pixel_diff_vs_reference"] = float(diff.mean())
+            diff = pixel_diff(result["_frames"], reference_frames)
+            result["max_pixel_diff_vs_reference"] = diff["max"]
+            result["mean_pixel_diff_vs_reference"] = diff["mean"]
     for result in results.values():
         result.pop("_frames", None)
 

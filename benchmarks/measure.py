@@ -1,4 +1,5 @@
-"""Measuring primitives: synchronised timings with median/p90, peak memory, FLOP counts, the matmul ceiling."""
+"""Measuring primitives: synchronised timings with median/p90, peak memory, FLOP counts, the matmul ceiling, and the
+pixel difference of two videos."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -132,3 +134,9 @@ def describe_machine(device: torch.device) -> dict[str, Any]:
         info["cuda"] = torch.version.cuda
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
     return info
+
+
+def pixel_diff(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """The largest and the mean absolute difference of two uint8 videos, per pixel (0-255)."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return {"max": int(diff.max()), "mean": float(diff.mean())}

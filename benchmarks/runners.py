@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,11 @@ from t2v_fast.core.models import ModelCard
 from t2v_fast.core.networks import NETWORKS, dims
 from t2v_fast.core.pipeline import VideoPipeline, VideoRequest
 from t2v_fast.loading import load_pipeline
+
+from .measure import PeakMemory, timed
+
+if TYPE_CHECKING:
+    from .harness import BenchConfig
 
 
 class Unavailable(Exception):
@@ -313,3 +318,69 @@ def tensorrt_runner(
         return pipeline, {**cold, "load_s": time.perf_counter() - started}
 
     return PipelineRunner("tensorrt", prepare)
+
+
+def measure_contender(runner: Any, work: Workload, config: BenchConfig, step: str = "unet_call") -> dict[str, Any]:
+    """One contender of a section, as every section measures it: cold start, end to end per video (peak memory
+    tracked around it), then the stages: text encoding, one denoising step (`runner.unet`, reported as `step`) and VAE
+    decode; its frames kept for the section's comparisons."""
+    device = work.device
+    memory = PeakMemory(device)
+    started = time.perf_counter()
+    runner.load(work)
+    with memory.track():
+        first = time.perf_counter()
+        frames = runner.generate(work)
+        cold = {
+            **runner.cold,
+            "first_generate_s": time.perf_counter() - first,
+            "total_s": time.perf_counter() - started,
+        }
+        end_to_end = timed(lambda: runner.generate(work), device, max(config.warmup - 1, 0), config.repeats)
+    per_video = {
+        key: [v / work.videos for v in value] if isinstance(value, list) else value / work.videos
+        for key, value in end_to_end.items()
+    }
+    with torch.inference_mode():
+        stages = {
+            "text_encoding": timed(runner.encode, device, config.warmup, config.repeats),
+            step: timed(runner.unet, device, config.warmup + 1, max(config.repeats, 3)),
+            "vae_decode": timed(runner.decode, device, config.warmup, config.repeats),
+        }
+    return {
+        "available": True,
+        "cold_start": cold,
+        "stages": {**stages, "end_to_end_per_video": per_video},
+        "peak_memory_bytes": memory.peak_bytes,
+        "memory_before_bytes": memory.baseline_bytes,
+        "allocator_peak_bytes": memory.allocator_peak_bytes,
+        "_frames": frames,
+    }
+
+
+def run_contenders(
+    names: tuple[str, ...],
+    config: BenchConfig,
+    measure: Callable[[str], dict[str, Any]],
+    describe: Callable[[dict[str, Any]], str],
+    on_contender: Callable[[dict[str, Any]], None],
+    label: str = "",
+) -> dict[str, Any]:
+    """Each of `names` the run selected, measured by `measure(name)`, in order: an unselected one is reported as such,
+    one that cannot run here (`Unavailable`) or fails says why and costs the others nothing. Each result is printed
+    (`describe`) and `on_contender` gets the results so far, without frames, after each."""
+    results: dict[str, Any] = {}
+    for name in names:
+        if name not in config.backends:
+            reason = "not selected for this run" + (" (--quick)" if config.quick else "")
+            results[name] = {"available": False, "reason": reason}
+            continue
+        try:
+            results[name] = measure(name)
+        except Unavailable as reason:
+            results[name] = {"available": False, "reason": str(reason)}
+        except Exception as error:  # one failing contender (e.g. a compiler error on a new GPU) must not cost the rest
+            results[name] = {"available": False, "reason": f"failed: {type(error).__name__}: {error}"}
+        print(f"{label}{name}: {describe(results[name])}", flush=True)
+        on_contender({k: {f: v for f, v in r.items() if f != "_frames"} for k, r in results.items()})
+    return results

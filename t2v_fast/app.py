@@ -26,7 +26,7 @@ import gradio as gr
 
 from t2v_fast.core.families import GUIDED, MODELSCOPE, all_params, defaults_by_family, family_of_unet
 from t2v_fast.core.params import ParamInfo, param_infos, raise_problems, request_problems
-from t2v_fast.core.presets import CONTROLNET_PRESETS, PRESETS, preset_configs
+from t2v_fast.core.presets import CONTROLNET_OF_PRESET, CONTROLNET_PRESETS, PRESETS, preset_configs
 from t2v_fast.errors import T2vFastError, UserError
 from t2v_fast.families.guided.params import GUIDED_VIDEO
 from t2v_fast.loading import describe_model, load_pipeline
@@ -39,7 +39,6 @@ PARAMS = tuple(info for info in all_params() if info.section != GUIDED_VIDEO)
 GUIDED_PARAMS = tuple(info for info in all_params() if info.section == GUIDED_VIDEO)
 STEPS = next(info for info in PARAMS if info.name == "steps")
 # The random-weight ControlNet and depth estimator that fit each base preset: the guided tab's defaults for it.
-CONTROLNET_OF_PRESET = {"tiny-random": "tiny-random-controlnet", "sd15-random": "sd15-controlnet-random"}
 DEPTH_MODEL_OF_PRESET = {"tiny-random": "dpt-tiny-random", "sd15-random": "dpt-hybrid-random"}
 PREVIEW_FRAMES = 8  # control maps shown by "Preview control maps", evenly over the cut
 ROW_COLUMNS = ["id", "row", "status", "reason", "seconds", "qc"]
@@ -126,11 +125,15 @@ class App:
             )
         except T2vFastError as error:
             raise gr.Error(str(error), print_exception=False) from None
+        prefix = self._output_prefix()
+        paths = [str(v.save(f"{prefix}-seed{v.metadata['seed']}.mp4")) for v in videos]
+        return paths[0], videos[0].metadata, paths
+
+    def _output_prefix(self) -> str:
+        """Where this request's videos go: `OUT/ui/`, named by the time of the request."""
         folder = self.out_dir / "ui"
         folder.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        paths = [str(v.save(folder / f"{stamp}-seed{v.metadata['seed']}.mp4")) for v in videos]
-        return paths[0], videos[0].metadata, paths
+        return str(folder / time.strftime("%Y%m%d-%H%M%S"))
 
     def guided(
         self,
@@ -167,11 +170,8 @@ class App:
             )
         except T2vFastError as error:
             raise gr.Error(str(error), print_exception=False) from None
-        folder = self.out_dir / "ui"
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
         result = videos[0]
-        path = result.save(folder / f"{stamp}-guided-seed{result.metadata['seed']}.mp4", save_control=True)
+        path = result.save(f"{self._output_prefix()}-guided-seed{result.metadata['seed']}.mp4", save_control=True)
         control = path.with_suffix(".control.mp4")
         return str(path), str(control) if control.is_file() else None, result.metadata
 

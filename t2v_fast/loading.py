@@ -23,8 +23,7 @@ from t2v_fast.core.models import (
 )
 from t2v_fast.core.pipeline import VideoPipeline
 from t2v_fast.core.presets import PRESETS, preset_configs, preset_scheduler, preset_tokenizer
-from t2v_fast.errors import UserError
-from t2v_fast.families.guided.controlnet import check_fit, read_controlnet_config
+from t2v_fast.families.guided.controlnet import check_fit
 from t2v_fast.families.guided.pipeline import GuidedPipeline
 from t2v_fast.families.modelscope.pipeline import ModelScopePipeline
 from t2v_fast.families.text2video_zero.pipeline import TextToVideoZeroPipeline
@@ -47,23 +46,18 @@ def describe_model(model: str, controlnet: str | None = None) -> ModelCard:
     """The card of a preset, a diffusers folder, a hub id or an engine directory, from configs only, with its
     scheduler and tokenizer attached; with `controlnet`, that ControlNet's (refused when it does not fit)."""
     card = _describe(model)
-    if _kind(model) == "engines" and (controlnet is not None or card.controlnet):
-        # An engine directory brings the ControlNet it was exported with, and runs no other.
-        EngineDir.load(model, verify_hashes=False).check_guided(controlnet)
+    if _kind(model) == "engines":  # it brings the ControlNet it was exported with, and runs no other
+        EngineDir.load(model, verify_hashes=False).controlnet_for(controlnet)
         return card
     if controlnet is None:
         return card
-    if card.family != TEXT2VIDEO_ZERO.name:
-        raise UserError(f"a ControlNet guides Text2Video-Zero models, and {model!r} is {card.family_record.title}")
-    check_fit(controlnet, read_controlnet_config(controlnet), model, _unet_config(model))
+    check_fit(controlnet, model, _unet_config(model))
     return replace(card, controlnet=controlnet)
 
 
 def _unet_config(model: str) -> dict[str, Any]:
     if _kind(model) == "preset":
         return preset_configs(model)["unet"]
-    if _kind(model) == "engines":
-        return _unet_config(EngineDir.load(model, verify_hashes=False).model_id)
     return read_config(resolve_folder(model), "unet")
 
 

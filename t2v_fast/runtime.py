@@ -100,14 +100,13 @@ def open_backend(
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     runner: ModelBackend
+    exported = EngineDir.load(model, verify_hashes=False) if kind == "engines" else None
+    if exported is not None:  # the graphs hold the ControlNet they were exported with: any asked for must be it
+        controlnet = exported.controlnet_for(controlnet)
     if backend == "torch":
         from t2v_fast.backends.torch import TorchBackend
 
-        if kind == "engines":
-            exported = EngineDir.load(model, verify_hashes=False)
-            if controlnet is not None or exported.card.controlnet:
-                exported.check_guided(controlnet)
-                controlnet = exported.card.controlnet
+        if exported is not None:
             model = exported.model_id
         components = load_components(model, device=device, dtype=dtype, controlnet=controlnet)
         runner = TorchBackend(components, compile_unet=compile_unet, **(torch_options or {}))
@@ -118,8 +117,6 @@ def open_backend(
             f"backend {backend!r} runs an engine directory, and {model!r} is not one (no engine.json);"
             f" create one with: t2v-fast export MODEL{guided} --out DIR"
         )
-    if controlnet is not None:  # the graphs hold the ControlNet they were exported with: it must be this one
-        EngineDir.load(model, verify_hashes=False).check_guided(controlnet)
     engine_dir: EngineDir
     if backend == "onnxruntime":
         from t2v_fast.backends.onnxruntime import OnnxRuntimeBackend

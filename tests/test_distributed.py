@@ -296,8 +296,7 @@ def test_a_night_of_plain_and_guided_rows_renders_on_the_gpu_workers(cluster, tm
     travel to them as JSON with their control videos. Its rules do not depend on the database: PostgreSQL only."""
     if cluster.database_url is None:
         pytest.skip("a guided night runs on PostgreSQL only (the production database); SQLite runs the other nights")
-    from test_guided import moving_shape
-
+    from benchmarks.guided import moving_shape
     from t2v_fast.core.video import write_mp4
 
     write_mp4(moving_shape(3, 48, 64), tmp_path / "walk.mp4", fps=8)

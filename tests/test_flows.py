@@ -155,8 +155,7 @@ def test_a_night_in_fast_mode_with_a_row_that_asks_for_the_exact_path(harness, t
 def test_nightly_renders_plain_and_guided_rows_of_one_manifest(harness, tmp_path):
     """Guided rows travel to the shards as JSON and come back typed (their task's settings), with the night's
     ControlNet; a guided row without it, or on another family, would have been rejected (test_guided_manifest)."""
-    from test_guided import moving_shape
-
+    from benchmarks.guided import moving_shape
     from flows.nightly import nightly
     from t2v_fast.core.video import write_mp4
 

@@ -13,25 +13,12 @@ import pytest
 import torch
 from conftest import max_pixel_diff
 
+from benchmarks.guided import moving_shape  # the benchmark's control video: one synthetic video for both
 from t2v_fast.errors import UserError
 
 # Same seed, same weights, fp32 CPU: what remains is the order of floating-point sums (batched matmuls).
 TOLERANCE = 2  # /255 per pixel
 PROMPT = "a robot dancing on the beach"
-
-
-def moving_shape(frames: int, height: int, width: int) -> np.ndarray:
-    """A synthetic input video: a bright square and a disc moving across a dark gradient, uint8 `(F, H, W, 3)`."""
-    ys, xs = np.mgrid[0:height, 0:width]
-    video = np.zeros((frames, height, width, 3), np.uint8)
-    for k in range(frames):
-        frame = video[k]
-        frame[...] = (xs * 60 // width)[..., None]
-        x0 = 4 + k * max(2, width // (2 * frames))
-        frame[height // 4 : height // 4 + height // 3, x0 : x0 + width // 4] = (230, 200, 40)
-        disc = (ys - 2 * height // 3) ** 2 + (xs - (width - 8 - 3 * k)) ** 2 < (height // 6) ** 2
-        frame[disc] = (40, 90, 250)
-    return video
 
 
 def canny_maps(frames: np.ndarray, low: int = 100, high: int = 200) -> np.ndarray:
@@ -52,8 +39,9 @@ def guided(tiny_folder, controlnet_folder, depth_folder):
     )
 
 
-@pytest.fixture(scope="session")
-def reference(tiny_folder, controlnet_folder):
+def reference_pipeline(base_folder, controlnet_folder):
+    """The recipe's pipeline: diffusers' ControlNet pipeline over saved folders, DDIM, cross-frame attention on the
+    UNet and on the ControlNet (one video of two guidance branches per call)."""
     from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline
     from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
         CrossFrameAttnProcessor,
@@ -61,13 +49,18 @@ def reference(tiny_folder, controlnet_folder):
 
     controlnet = ControlNetModel.from_pretrained(controlnet_folder)
     pipe = StableDiffusionControlNetPipeline.from_pretrained(
-        tiny_folder, controlnet=controlnet, safety_checker=None, requires_safety_checker=False
+        base_folder, controlnet=controlnet, safety_checker=None, requires_safety_checker=False
     )
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.unet.set_attn_processor(CrossFrameAttnProcessor(batch_size=2))
     pipe.controlnet.set_attn_processor(CrossFrameAttnProcessor(batch_size=2))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_folder, controlnet_folder):
+    return reference_pipeline(tiny_folder, controlnet_folder)
 
 
 def reference_video(pipe, maps: np.ndarray, seed: int, steps: int, scale: float = 1.0, guidance: float = 9.0):
@@ -275,7 +268,7 @@ def test_a_controlnet_that_does_not_fit_is_refused_naming_both(tiny_folder):
         load_pipeline(str(tiny_folder), controlnet="sd15-controlnet-random", device="cpu")
 
 
-def test_a_dreambooth_style_base_is_just_another_base_folder(tmp_path, tiny_folder, controlnet_folder):
+def test_a_dreambooth_style_base_is_just_another_base_folder(tmp_path, tiny_folder, controlnet_folder, guided):
     """A DreamBooth-specialised checkpoint has its base's architecture and other weights: here `tiny-random` with a
     fine-tuned-like UNet. The same ControlNet guides it, and its video is the recipe's on that base, not the first's."""
     import shutil
@@ -291,27 +284,12 @@ def test_a_dreambooth_style_base_is_just_another_base_folder(tmp_path, tiny_fold
         for parameter in unet.parameters():
             parameter.add_(0.05 * parameter.std().nan_to_num() * torch.randn(parameter.shape, generator=generator))
     unet.save_pretrained(base / "unet")
-    from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline
-    from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
-        CrossFrameAttnProcessor,
-    )
-
-    pipe = StableDiffusionControlNetPipeline.from_pretrained(
-        base,
-        controlnet=ControlNetModel.from_pretrained(controlnet_folder),
-        safety_checker=None,
-        requires_safety_checker=False,
-    )
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.unet.set_attn_processor(CrossFrameAttnProcessor(batch_size=2))
-    pipe.controlnet.set_attn_processor(CrossFrameAttnProcessor(batch_size=2))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_pipeline(base, controlnet_folder)
 
     video_in = moving_shape(3, 64, 72)
     options = dict(control=video_in, steps=3, seed=2, height=64, width=72, progress=False)
     specialised = load_pipeline(str(base), controlnet=str(controlnet_folder), device="cpu", dtype="float32")
     video = specialised.generate_video(PROMPT, **options)
     assert max_pixel_diff(video.frames, reference_video(pipe, canny_maps(video_in), seed=2, steps=3)) <= TOLERANCE
-    first = load_pipeline(str(tiny_folder), controlnet=str(controlnet_folder), device="cpu", dtype="float32")
-    assert max_pixel_diff(video.frames, first.generate_video(PROMPT, **options).frames) > 10
+    assert max_pixel_diff(video.frames, guided.generate_video(PROMPT, **options).frames) > 10  # the first base's
     assert video.metadata["model"]["id"] == str(base)

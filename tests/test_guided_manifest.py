@@ -7,8 +7,8 @@ import csv
 import json
 
 import pytest
-from test_guided import moving_shape
 
+from benchmarks.guided import moving_shape
 from t2v_fast.bulk.manifest import parse_manifest
 from t2v_fast.core.params import ParamRequest
 from t2v_fast.core.video import write_mp4

@@ -214,6 +214,14 @@ class EngineDir:
         guided = GUIDED_NETWORKS if self.manifest["model_info"].get("controlnet") else ()
         return (*COMPONENTS, *fast, *guided)
 
+    def controlnet_for(self, controlnet: str | None) -> str | None:
+        """The ControlNet a run of these graphs has when it asks for `controlnet` (None: whatever was exported): the
+        exported one (None without one); asking an export without one for any, or one for another, is refused."""
+        recorded = self.manifest["model_info"].get("controlnet", "")
+        if controlnet is not None or recorded:
+            self.check_guided(controlnet)
+        return recorded or None
+
     def check_guided(self, controlnet: str | None = None) -> None:
         """Refuse a guided-video request these graphs cannot run: an export without a ControlNet, or one asking for
         another ControlNet than the one exported (the graphs hold its weights)."""

@@ -348,23 +348,21 @@ def load_components(
 ) -> ModelComponents:
     """Load a preset name, a diffusers-format folder or a hub id onto `device` in `dtype`, with a ControlNet (preset,
     folder or hub id) beside it for guided video; a ControlNet that does not fit the base is refused first."""
-    from t2v_fast.families.guided.controlnet import check_fit, load_controlnet, read_controlnet_config
+    from t2v_fast.families.guided.controlnet import check_fit, load_controlnet
 
     device = device if isinstance(device, torch.device) else resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     parts = build_random_components(model) if model in PRESETS else _load_pretrained(model)
     digest = weights_sha256(parts["text_encoder"], parts["unet"], parts["vae"])
+    networks = [parts["text_encoder"], parts["unet"], parts["vae"]]
     guided: dict[str, Any] = {}
     if controlnet is not None:
-        if family_of_unet({**parts["unet"].config, "_class_name": type(parts["unet"]).__name__}) is not TEXT2VIDEO_ZERO:
-            raise UserError(f"a ControlNet guides Text2Video-Zero models, and {model!r} is not one")
-        check_fit(controlnet, read_controlnet_config(controlnet), model, dict(parts["unet"].config))
+        check_fit(controlnet, model, {**parts["unet"].config, "_class_name": type(parts["unet"]).__name__})
         network = load_controlnet(controlnet)
         guided = {"controlnet": network, "controlnet_id": controlnet, "controlnet_sha256": weights_sha256(network)}
-    for name in ("text_encoder", "unet", "vae", "controlnet"):
-        if name not in parts and name not in guided:
-            continue
-        module = (parts.get(name) or guided[name]).to(device).eval().requires_grad_(False)
+        networks.append(network)
+    for module in networks:
+        module.to(device).eval().requires_grad_(False)
         # Cast floating-point tensors only; diffusers' `.to(dtype)` also logs a spurious note about fp32 modules.
         {torch.float32: module.float, torch.float16: module.half, torch.bfloat16: module.bfloat16}[dtype]()
     return ModelComponents(model_id=model, weights_sha256=digest, **parts, **guided)

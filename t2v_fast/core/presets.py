@@ -147,6 +147,10 @@ CONTROLNET_PRESETS: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 
+# The ControlNet preset that fits each base preset's UNet: what the web app and the benchmark pair with a base.
+CONTROLNET_OF_PRESET = {"tiny-random": "tiny-random-controlnet", "sd15-random": "sd15-controlnet-random"}
+
+
 def preset_configs(name: str) -> dict[str, dict[str, Any]]:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")

@@ -200,7 +200,8 @@ def _target_size(opened: _Source, resolution: int | None) -> tuple[int, int]:
         ) from None
 
 
-def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A frame at `size` (width, height), Lanczos-resampled when that changes it (the size rule's resampling)."""
     if (frame.shape[1], frame.shape[0]) == size:
         return frame
     return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.LANCZOS))
@@ -232,7 +233,7 @@ def _select(
         seen = index + 1
         if index < target:
             continue
-        frame = _resize(decode(), size) if cap is None or count < cap else None
+        frame = resize_frame(decode(), size) if cap is None or count < cap else None
         while target == index:
             if frame is not None and (cap is None or count < cap):
                 kept.append(frame)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from t2v_fast.core.video_input import InputVideo, VideoFacts, load_video, probe_video
+from t2v_fast.core.video_input import InputVideo, VideoFacts, load_video, probe_video, resize_frame
 from t2v_fast.errors import UserError
 from t2v_fast.families.guided.params import GuidedParams
 
@@ -28,15 +28,8 @@ def read_control(source: Any, settings: GuidedParams, native_size: int) -> Input
                 f" fps, fewer than frames={settings.frames}"
             )
         frames = frames[: settings.frames]
-    if (
-        settings.height is not None
-        and settings.width is not None
-        and frames.shape[1:3] != (settings.height, settings.width)
-    ):
-        from PIL import Image
-
-        size = (settings.width, settings.height)
-        frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.Resampling.LANCZOS)) for f in frames])
+    if settings.height is not None and settings.width is not None:  # both or neither (`GuidedParams.derive`)
+        frames = np.stack([resize_frame(frame, (settings.width, settings.height)) for frame in frames])
     return replace(video, frames=frames)
 
 

@@ -169,8 +169,15 @@ def _controlnet_folder(controlnet: str) -> Path:
     return folder
 
 
-def fit_problems(controlnet: str, controlnet_config: dict[str, Any], model: str, unet_config: dict[str, Any]) -> str:
-    """Why a ControlNet does not fit a base UNet ("" when it does), naming both and what differs."""
+def check_fit(controlnet: str, model: str, unet_config: dict[str, Any]) -> None:
+    """Refuse a ControlNet that cannot guide the model whose UNet config this is, from configs alone: a base of
+    another family, or one whose UNet it does not fit, naming both and what differs."""
+    from t2v_fast.core.families import TEXT2VIDEO_ZERO, family_of_unet
+
+    family = family_of_unet(unet_config)
+    if family is not TEXT2VIDEO_ZERO:
+        raise UserError(f"a ControlNet guides Text2Video-Zero models, and {model!r} is {family.title}")
+    controlnet_config = read_controlnet_config(controlnet)
     unet_defaults = {"layers_per_block": 2, "in_channels": 4}
     differ = []
     for key in FIT_KEYS:
@@ -181,12 +188,5 @@ def fit_problems(controlnet: str, controlnet_config: dict[str, Any], model: str,
             list(theirs) if isinstance(theirs, list | tuple) else theirs
         ):
             differ.append(f"{key} {ours} vs {theirs}")
-    if not differ:
-        return ""
-    return f"ControlNet {controlnet!r} does not fit model {model!r}: " + "; ".join(differ)
-
-
-def check_fit(controlnet: str, controlnet_config: dict[str, Any], model: str, unet_config: dict[str, Any]) -> None:
-    problem = fit_problems(controlnet, controlnet_config, model, unet_config)
-    if problem:
-        raise UserError(problem)
+    if differ:
+        raise UserError(f"ControlNet {controlnet!r} does not fit model {model!r}: " + "; ".join(differ))
