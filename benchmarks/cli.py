@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sections",
         help=f"comma-separated subset of {','.join(SECTIONS)} (default: {','.join(DEFAULT_SECTIONS)}), e.g."
-        " memory_sweep alone; guided races guided video (ControlNet) against its reference recipe",
+        " memory_sweep alone; guided races guided video (ControlNet) against its reference recipe, edit video editing"
+        " (Instruct-Pix2Pix)",
     )
     parser.add_argument(
         "--onnx-engines",
@@ -44,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="an existing export of the preset with its ControlNet (t2v-fast export PRESET --controlnet CONTROLNET)"
         " for the guided section's onnxruntime contender (default: --onnx-engines when it has unet_controlnet, else"
         " exported in the run)",
+    )
+    parser.add_argument(
+        "--edit-engines",
+        help="an existing export of the edit section's Instruct-Pix2Pix preset (pix2pix-tiny-random for tiny-random,"
+        " pix2pix-random for sd15-random: t2v-fast export PRESET) for its onnxruntime contender (default: exported"
+        " in the run)",
     )
     parser.add_argument("--quick", action="store_true", help="seconds on a CPU, for CI: checks the harness, not speed")
     parser.add_argument(
@@ -61,10 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.sections.split(",")) - set(SECTIONS)) if args.sections else []
     if unknown:
         parser.error(f"unknown benchmark sections {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
-    if args.onnx_engines and not (Path(args.onnx_engines) / "engine.json").is_file():
-        parser.error(f"--onnx-engines {args.onnx_engines}: not an engine directory (no engine.json)")
-    if args.guided_engines and not (Path(args.guided_engines) / "engine.json").is_file():
-        parser.error(f"--guided-engines {args.guided_engines}: not an engine directory (no engine.json)")
+    given_exports = {
+        "--onnx-engines": args.onnx_engines,
+        "--guided-engines": args.guided_engines,
+        "--edit-engines": args.edit_engines,
+    }
+    for flag, given in given_exports.items():
+        if given and not (Path(given) / "engine.json").is_file():
+            parser.error(f"{flag} {given}: not an engine directory (no engine.json)")
     overrides: dict[str, Any] = {
         k: v
         for k, v in vars(args).items()

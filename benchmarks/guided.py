@@ -26,26 +26,27 @@ import torch
 
 from t2v_fast.core.engine_dir import EngineDir
 from t2v_fast.core.families import TEXT2VIDEO_ZERO
-from t2v_fast.core.models import dtype_name, weights_sha256
+from t2v_fast.core.models import weights_sha256
 from t2v_fast.core.presets import CONTROLNET_OF_PRESET
 
-from .measure import pixel_diff
 from .runners import (
+    GUIDANCE_ON,
+    FramesReference,
+    InputVideoRunner,
     PipelineRunner,
     Workload,
-    measure_contender,
-    onnxruntime_runner,
-    run_contenders,
-    tensorrt_runner,
-    torch_runner,
+    backend_makers,
+    export_problem,
+    race_section,
+    uint8_frames,
 )
 
 if TYPE_CHECKING:
     from .harness import BenchConfig
 
-# The section's contenders, in the order they run and are reported (torch-compiled is the backends section's only).
-GUIDED_CONTENDERS = ("reference", "torch", "onnxruntime", "tensorrt")
 STAGES = ("text_encoding", "guided_step", "vae_decode", "end_to_end_per_video")
+STEP_NETWORK = "unet_controlnet"  # guided video's step: the ControlNet and the UNet in one call
+STEP_WHAT = "guided step (ControlNet + UNet)"
 NOTE = (
     "the control video is a synthetic moving shape at the run's size and frame count, with annotator none (the video"
     " is the control maps): no annotator runs, so its cost is out of the race"
@@ -67,54 +68,25 @@ def moving_shape(frames: int, height: int, width: int) -> np.ndarray:
     return video
 
 
-def _step_inputs(work: Workload) -> dict[str, torch.Tensor]:
-    """`unet_controlnet`'s inputs at the full video batch with guidance (twice the videos), on the work's device."""
-    return work._inputs("unet_controlnet", 2 * work.videos)
+class GuidedRunner(InputVideoRunner):
+    """Our guided pipeline on one backend: its step is guided video's (ControlNet and UNet), its videos follow the
+    control video."""
 
-
-class GuidedRunner(PipelineRunner):
-    """Our guided pipeline on one backend: a `PipelineRunner` whose step is guided video's (ControlNet and UNet)
-    and whose videos follow the control video."""
-
-    def __init__(self, runner: PipelineRunner, control: np.ndarray):
-        super().__init__(runner.name, runner._prepare)
-        self.control = control
-
-    def load(self, work: Workload) -> None:
-        super().load(work)
-        self.step_args = _step_inputs(work)
+    def __init__(self, runner: PipelineRunner, control: np.ndarray, params: dict[str, Any]):
+        chosen = {name: params[name] for name in ("steps", "guidance", "height", "width")}
+        super().__init__(runner, {"control": control, "annotator": "none", **chosen}, STEP_NETWORK, GUIDANCE_ON)
 
     def unet(self) -> Any:
         assert self.pipeline is not None, "load() first"
         return self.pipeline.backend.predict_noise_guided(**self.step_args)
 
-    def generate(self, work: Workload) -> np.ndarray:
-        assert self.pipeline is not None, "load() first"
-        params = work.params
-        videos = self.pipeline.generate(
-            work.prompts,
-            negative_prompt=work.negative_prompt,
-            seed=work.seeds,
-            control=self.control,
-            annotator="none",
-            steps=params["steps"],
-            guidance=params["guidance"],
-            height=params["height"],
-            width=params["width"],
-            progress=False,
-        )
-        return np.stack([v.frames for v in videos])
 
-
-class GuidedReferenceRunner:
+class GuidedReferenceRunner(FramesReference):
     """The reference recipe on diffusers' `StableDiffusionControlNetPipeline`, one video per call."""
 
-    name = "reference"
-
     def __init__(self, folder: Path, controlnet_folder: Path, control: np.ndarray):
-        self.folder, self.controlnet_folder, self.control = folder, controlnet_folder, control
-        self.cold: dict[str, float] = {}
-        self._batch = 0
+        super().__init__(folder, control, STEP_NETWORK, GUIDANCE_ON.conditions)
+        self.controlnet_folder = controlnet_folder
 
     def load(self, work: Workload) -> None:
         from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline
@@ -122,50 +94,23 @@ class GuidedReferenceRunner:
 
         started = time.perf_counter()
         controlnet = ControlNetModel.from_pretrained(str(self.controlnet_folder), dtype=work.dtype)
-        pipe = StableDiffusionControlNetPipeline.from_pretrained(
-            str(self.folder),
+        self._load_pipeline(
+            StableDiffusionControlNetPipeline,
+            work,
             controlnet=controlnet,
             safety_checker=None,
             requires_safety_checker=False,
-            dtype=work.dtype,
-        ).to(work.device)
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe
-        self.cold = {"load_s": time.perf_counter() - started}
-        self.work = work
-        self.maps = [Image.fromarray(frame) for frame in self.control]
-        made = _step_inputs(work)
-        frames = made["sample"].shape[1]
-        # diffusers' layout: every frame of every video in the batch axis.
-        self.sample, self.timestep = made["sample"].flatten(0, 1), made["timestep"]
-        self.text = made["encoder_hidden_states"].repeat_interleave(frames, 0)
-        self.control_maps, self.scale = made["control"].flatten(0, 1), float(made["controlnet_scale"])
-        self.latents = work.latents()
-
-    def _cross_frame(self, batch: int) -> None:
-        """`CrossFrameAttnProcessor(batch_size=batch)` on the UNet and the ControlNet: `batch` videos in a call."""
-        from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
-            CrossFrameAttnProcessor,
         )
-
-        if batch != self._batch:
-            self.pipe.unet.set_attn_processor(CrossFrameAttnProcessor(batch_size=batch))
-            self.pipe.controlnet.set_attn_processor(CrossFrameAttnProcessor(batch_size=batch))
-            self._batch = batch
-
-    def encode(self) -> Any:
-        """What each call of the recipe encodes: `[prompt] * frames` and their negatives."""
-        frames, work = len(self.control), self.work
-        return [
-            self.pipe.encode_prompt([p] * frames, work.device, 1, True, [work.negative_prompt] * frames)
-            for p in work.prompts
-        ]
+        self.pipe.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
+        self.cold = {"load_s": time.perf_counter() - started}  # the ControlNet's load included
+        self.maps = [Image.fromarray(frame) for frame in self.video]
+        self.control_maps = self.step_inputs["control"].flatten(0, 1)
+        self.scale = float(self.step_inputs["controlnet_scale"])
 
     @torch.no_grad()
     def unet(self) -> Any:
         """The recipe's step: the ControlNet, then the UNet with its residuals, on our step's shapes."""
-        self._cross_frame(2 * self.work.videos)
+        self._cross_frame(2 * self.work.videos, self.pipe.unet, self.pipe.controlnet)
         down, mid = self.pipe.controlnet(
             self.sample,
             self.timestep,
@@ -184,21 +129,10 @@ class GuidedReferenceRunner:
             return_dict=False,
         )[0]
 
-    @torch.no_grad()
-    def decode(self) -> Any:
-        """The pipeline's decode of each video's frames (`output_type="np"`)."""
-        vae = self.pipe.vae
-        return [
-            self.pipe.image_processor.postprocess(
-                vae.decode(video / vae.config.scaling_factor, return_dict=False)[0], output_type="np"
-            )
-            for video in self.latents
-        ]
-
     def generate(self, work: Workload) -> np.ndarray:
-        self._cross_frame(2)
+        self._cross_frame(2, self.pipe.unet, self.pipe.controlnet)
         params = work.params
-        frames, height, width = len(self.control), params["height"], params["width"]
+        frames, height, width = len(self.video), params["height"], params["width"]
         card = work.card
         videos = []
         for prompt, seed in zip(work.prompts, work.seeds, strict=True):
@@ -216,48 +150,31 @@ class GuidedReferenceRunner:
                 eta=0.0,
                 output_type="np",
             ).images
-            videos.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
+            videos.append(uint8_frames(images))
         return np.stack(videos)
-
-
-Runner = GuidedRunner | GuidedReferenceRunner
 
 
 def check_guided_export(engines: Path, weights_sha256: str, controlnet_sha256: str | None) -> str | None:
     """Why the export `engines` cannot run the guided section's model (None: it can): it must be an engine directory
     of the run's weights with guided video's `unet_controlnet`, of the run's ControlNet where that is known."""
-    if not EngineDir.is_engine_dir(engines):
-        return "not an engine directory (no engine.json)"
-    engine_dir = EngineDir.load(engines, verify_hashes=False)
-    if engine_dir.weights_sha256 != weights_sha256:
-        return "exported from other weights than the benchmarked model's"
-    if "unet_controlnet" not in engine_dir.networks:
-        return "exported without a ControlNet (no unet_controlnet)"
-    if controlnet_sha256 is not None and engine_dir.card.controlnet_sha256 != controlnet_sha256:
+    problem = export_problem(engines, weights_sha256, STEP_NETWORK, "a ControlNet")
+    if problem is not None or controlnet_sha256 is None:
+        return problem
+    if EngineDir.load(engines, verify_hashes=False).card.controlnet_sha256 != controlnet_sha256:
         return "exported with another ControlNet than the benchmarked one"
     return None
 
 
 def _makers(
     config: BenchConfig, work: Workload, folder: Path, controlnet: Path, engines: Path, control: np.ndarray
-) -> dict[str, Callable[[], Runner]]:
-    device, params, model, net = work.device, work.params, str(folder), str(controlnet)
-    frames, height, width = params["frames"], params["height"], params["width"]
-    export_dtype = "fp16" if work.dtype == torch.float16 else "fp32"
+) -> dict[str, Callable[[], Any]]:
+    def ours(runner: PipelineRunner) -> PipelineRunner:
+        return GuidedRunner(runner, control, work.params)
+
+    trt = folder.parent / "tensorrt-guided-engines"
     return {
         "reference": lambda: GuidedReferenceRunner(folder, controlnet, control),
-        "torch": lambda: GuidedRunner(
-            torch_runner(model, str(device), dtype_name(work.dtype), compile_unet=False, controlnet=net), control
-        ),
-        "onnxruntime": lambda: GuidedRunner(
-            onnxruntime_runner(model, device, export_dtype, frames, height, width, engines, controlnet=net), control
-        ),
-        "tensorrt": lambda: GuidedRunner(
-            tensorrt_runner(
-                model, device, frames, height, width, config.videos, folder.parent / "tensorrt-guided-engines", net
-            ),
-            control,
-        ),
+        **backend_makers(config, work, folder, ours, engines, trt, controlnet=str(controlnet)),
     }
 
 
@@ -274,8 +191,8 @@ def unavailable_reason(preset: str, family: str) -> str | None:
 def run_guided(
     config: BenchConfig, work: Workload, folder: Path, on_contender: Callable[[dict[str, Any]], None]
 ) -> dict[str, Any]:
-    """The section: every selected contender of `GUIDED_CONTENDERS` on the same guided workload; `on_contender` gets
-    the section so far after each contender."""
+    """The section: every selected contender of `SECTION_CONTENDERS` on the same guided workload; `on_contender`
+    gets the section so far after each contender."""
     why = unavailable_reason(config.preset, work.card.family)
     if why is not None:
         print(f"guided: not available: {why}", flush=True)
@@ -301,16 +218,7 @@ def run_guided(
         "contenders": {},
     }
     makers = _makers(config, work, folder, controlnet, engines, control)
-    section["contenders"] = results = run_contenders(
-        GUIDED_CONTENDERS,
-        config,
-        lambda name: measure_contender(makers[name](), work, config, step="guided_step"),
-        _one_line,
-        lambda done: on_contender({**section, "contenders": done}),
-        label="guided ",
-    )
-    _derive(results)
-    return section
+    return race_section("guided", section, makers, work, config, STAGES, STEP_WHAT, on_contender)
 
 
 def _engines(config: BenchConfig, folder: Path, weights: str, controlnet_sha256: str) -> tuple[Path, dict[str, Any]]:
@@ -326,30 +234,3 @@ def _engines(config: BenchConfig, folder: Path, weights: str, controlnet_sha256:
         return Path(config.onnx_engines), {"source": "given (--onnx-engines)", "path": config.onnx_engines}
     exported = folder.parent / "onnxruntime-guided-engines"
     return exported, {"source": "exported in the run (its time is the contender's cold start)", "path": str(exported)}
-
-
-def _derive(results: dict[str, Any]) -> None:
-    """Speed-ups over the reference per stage and end to end, and each contender's pixel difference from the
-    reference's frames, from figures of this same run; the frames dropped after."""
-    reference = results.get("reference", {})
-    for result in results.values():
-        if not result.get("available") or not reference.get("available"):
-            continue
-        ours, theirs = result["stages"], reference["stages"]
-        result["speedup_vs_reference"] = (
-            theirs["end_to_end_per_video"]["median_s"] / ours["end_to_end_per_video"]["median_s"]
-        )
-        result["stage_speedups_vs_reference"] = {
-            stage: theirs[stage]["median_s"] / ours[stage]["median_s"] for stage in STAGES
-        }
-        result["pixel_diff_vs_reference"] = pixel_diff(result["_frames"], reference["_frames"])
-    for result in results.values():
-        result.pop("_frames", None)
-
-
-def _one_line(result: dict[str, Any]) -> str:
-    if not result.get("available"):
-        return f"not available: {result['reason']}"
-    stages = result["stages"]
-    video, step = stages["end_to_end_per_video"]["median_s"], stages["guided_step"]["median_s"]
-    return f"{video:.3f} s/video, guided step (ControlNet + UNet) {step * 1e3:.1f} ms"

@@ -4,10 +4,10 @@ Everything is measured side by side in one process run, on the same inputs: per 
 VAE decode of all frames, end to end per video), cold start separately from warm runs, medians and p90s, peak memory,
 counted FLOPs and achieved TFLOP/s against a matmul ceiling measured in the same run, speed-up against diffusers'
 reference, fidelity against the reference's frames, a memory sweep over frame counts, batched throughput, and fast
-mode (DeepCache) against exact per backend and on the reference (`fast`), and guided video (ControlNet) per backend
-against its reference recipe (`guided`, only when selected). The reference is the model family's
-diffusers pipeline (`runners.REFERENCE_RUNNERS`). `sections` selects parts, e.g. the memory sweep alone for a
-full-size model on a machine where the rest would take hours.
+mode (DeepCache) against exact per backend and on the reference (`fast`), and guided video (ControlNet) and video
+editing (Instruct-Pix2Pix) per backend against their reference recipes (`guided`, `edit`, only when selected). The
+reference is the model family's diffusers pipeline (`runners.REFERENCE_RUNNERS`). `sections` selects parts, e.g. the
+memory sweep alone for a full-size model on a machine where the rest would take hours.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from t2v_fast.loading import describe_model, load_pipeline
 from t2v_fast.quiet import quiet_libraries
 
 from . import BACKENDS, DEFAULT_SECTIONS, RESULTS_ROOT
+from .edit import run_edit
 from .fast import run_fast
 from .guided import check_guided_export, run_guided
 from .measure import (
@@ -48,10 +49,9 @@ from .report import write_outputs
 from .runners import (
     REFERENCE_RUNNERS,
     Workload,
+    backend_makers,
     measure_contender,
-    onnxruntime_runner,
     run_contenders,
-    tensorrt_runner,
     torch_runner,
 )
 
@@ -79,6 +79,9 @@ class BenchConfig:
     # An existing export of the preset with its ControlNet (`t2v-fast export PRESET --controlnet CONTROLNET`) for the
     # guided section's onnxruntime contender; None: `onnx_engines` when it has `unet_controlnet`, else exported.
     guided_engines: str | None = None
+    # An existing export of the edit section's Instruct-Pix2Pix preset (`t2v-fast export pix2pix-tiny-random`) for its
+    # onnxruntime contender; None: exported in the run.
+    edit_engines: str | None = None
     quick: bool = False
     sections: tuple[str, ...] = DEFAULT_SECTIONS
     out_root: Path = RESULTS_ROOT
@@ -281,6 +284,9 @@ def run_benchmark(config: BenchConfig, on_section: Callable[[dict[str, Any]], No
     if "guided" in config.sections:
         result["guided"] = run_guided(config, work, folder, lambda section: written({**result, "guided": section}))
         written(result)
+    if "edit" in config.sections:
+        result["edit"] = run_edit(config, work, folder, lambda section: written({**result, "edit": section}))
+        written(result)
     return result
 
 
@@ -289,29 +295,11 @@ def contender_makers(
 ) -> dict[str, Callable[[], Any]]:
     """Each contender's runner, unloaded, by name; the ONNX Runtime and TensorRT exports go next to the saved model
     `folder`, so that the sections of a run share them."""
-    device_name, dtype_str, params, model = str(device), dtype_name(dtype), work.params, str(folder)
+    onnx = Path(config.onnx_engines) if config.onnx_engines else folder.parent / "onnxruntime-engines"
     return {
         "reference": lambda: REFERENCE_RUNNERS[work.card.family](folder),
-        "torch": lambda: torch_runner(model, device_name, dtype_str, compile_unet=False),
-        "torch-compiled": lambda: torch_runner(model, device_name, dtype_str, compile_unet=True),
-        "onnxruntime": lambda: onnxruntime_runner(
-            model,
-            device,
-            "fp16" if dtype == torch.float16 else "fp32",
-            params["frames"],
-            params["height"],
-            params["width"],
-            Path(config.onnx_engines) if config.onnx_engines else folder.parent / "onnxruntime-engines",
-        ),
-        "tensorrt": lambda: tensorrt_runner(
-            model,
-            device,
-            params["frames"],
-            params["height"],
-            params["width"],
-            config.videos,
-            folder.parent / "tensorrt-engines",
-        ),
+        **backend_makers(config, work, folder, lambda runner: runner, onnx, folder.parent / "tensorrt-engines"),
+        "torch-compiled": lambda: torch_runner(str(folder), str(device), dtype_name(dtype), compile_unet=True),
     }
 
 

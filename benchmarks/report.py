@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,9 @@ def markdown(result: dict[str, Any]) -> str:
     if "fast" in result:
         lines += _fast_table(result["fast"])
     if "guided" in result:
-        lines += _guided_table(result["guided"])
+        lines += _section_table("## Guided video (ControlNet)", result["guided"], "guided_step", _guided_intro)
+    if "edit" in result:
+        lines += _section_table("## Video editing (Instruct-Pix2Pix)", result["edit"], "edit_step", _edit_intro)
     return "\n".join([*lines, ""])
 
 
@@ -154,26 +157,49 @@ def _fast_table(fast: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _guided_table(guided: dict[str, Any]) -> list[str]:
-    """Guided video per contender: the backends table's stages, with the guided step (ControlNet + UNet)."""
-    lines = ["", "## Guided video (ControlNet)", ""]
-    if not guided["available"]:
-        return [*lines, f"Not available: {guided['reason']}."]
+def _guided_intro(guided: dict[str, Any]) -> str:
+    """What the guided section's rows race: its ControlNet and control video, the reference recipe."""
     video = guided["control_video"]
-    lines += [
+    return (
         f"ControlNet `{guided['controlnet']}` over the run's model; control video {video['frames']} frames"
         f" {video['width']}×{video['height']}: {guided['note']}. The reference is diffusers'"
         " `StableDiffusionControlNetPipeline` with `CrossFrameAttnProcessor` on the UNet and the ControlNet, DDIM,"
         " eta 0, one noise draw repeated over the frames (one video per call). Times: median / p90 in ms over warm"
         " runs; a guided step is the ControlNet and the UNet at the full video batch with guidance; end to end is per"
         " video; speed-ups are the reference's figure over the contender's, both measured in this run. ONNX Runtime's"
-        f" export: {guided['onnx_engines']['source']}.",
+        f" export: {guided['onnx_engines']['source']}."
+    )
+
+
+def _edit_intro(edit: dict[str, Any]) -> str:
+    """What the edit section's rows race: its model, instruction and input video, the reference recipe."""
+    video = edit["input_video"]
+    return (
+        f'Model `{edit["model"]}`, instruction "{edit["instruction"]}", guidance {edit["guidance"]}, image guidance'
+        f" {edit['image_guidance']}; input video {video['frames']} frames {video['width']}×{video['height']}:"
+        f" {edit['note']}. The reference is diffusers' `StableDiffusionInstructPix2PixPipeline` with"
+        " `CrossFrameAttnProcessor(batch_size=3)` on the UNet, the checkpoint's Euler ancestral scheduler, one CPU"
+        " generator per video (one video per call). Times: median / p90 in ms over warm runs; an edit step is the UNet"
+        " on the noisy latents beside the input frames' latents at the full video batch with its three branches; end"
+        " to end is per video; speed-ups are the reference's figure over the contender's, both measured in this run."
+        f" ONNX Runtime's export: {edit['onnx_engines']['source']}."
+    )
+
+
+def _section_table(title: str, section: dict[str, Any], step: str, intro: Callable[[dict[str, Any]], str]) -> list[str]:
+    """A section racing our backends against its reference recipe (guided, edit): what it races (`intro`), then one
+    row per contender with the backends table's stages, its denoising step named `step`."""
+    lines = ["", title, ""]
+    if not section["available"]:
+        return [*lines, f"Not available: {section['reason']}."]
+    lines += [
+        intro(section),
         "",
-        "| contender | end to end | speed-up | guided step | step speed-up | text | VAE decode | peak memory MiB"
-        " | px diff vs ref max / mean | cold start s |",
+        f"| contender | end to end | speed-up | {step.replace('_', ' ')} | step speed-up | text | VAE decode"
+        " | peak memory MiB | px diff vs ref max / mean | cold start s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, r in guided["contenders"].items():
+    for name, r in section["contenders"].items():
         if not r.get("available"):
             lines.append(f"| {name} | not available: {r['reason']} | | | | | | | | |")
             continue
@@ -181,7 +207,7 @@ def _guided_table(guided: dict[str, Any]) -> list[str]:
         cold = ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in r["cold_start"].items())
         lines.append(
             f"| {name} | {_ms(s['end_to_end_per_video'])} | {_ratio(r.get('speedup_vs_reference'))}"
-            f" | {_ms(s['guided_step'])} | {_ratio(ratios.get('guided_step'))} | {_ms(s['text_encoding'])}"
+            f" | {_ms(s[step])} | {_ratio(ratios.get(step))} | {_ms(s['text_encoding'])}"
             f" | {_ms(s['vae_decode'])} | {_mib(r['peak_memory_bytes'])} | {_pair(r.get('pixel_diff_vs_reference'))}"
             f" | {cold} |"
         )
@@ -215,7 +241,8 @@ def _memory_table(sweep: list[dict[str, Any]]) -> list[str]:
 
 
 def chart(result: dict[str, Any]) -> Image.Image:
-    """Horizontal bars: end-to-end seconds per video of each available backend, then of each fast-section row."""
+    """Horizontal bars: end-to-end seconds per video of each available backend, then of each row of the fast, guided
+    and edit sections."""
     bars = [
         (name, r["stages"]["end_to_end_per_video"]["median_s"])
         for name, r in result.get("backends", {}).items()
@@ -231,8 +258,9 @@ def chart(result: dict[str, Any]) -> Image.Image:
         if r["available"]
     ]
     bars += [
-        (f"guided {name}", r["stages"]["end_to_end_per_video"]["median_s"])
-        for name, r in result.get("guided", {}).get("contenders", {}).items()
+        (f"{section} {name}", r["stages"]["end_to_end_per_video"]["median_s"])
+        for section in ("guided", "edit")
+        for name, r in result.get(section, {}).get("contenders", {}).items()
         if r.get("available")
     ]
     width, row, left = 720, 36, 150

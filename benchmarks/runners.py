@@ -21,15 +21,23 @@ import torch
 
 from t2v_fast.core.engine_dir import EngineDir
 from t2v_fast.core.families import MODELSCOPE, TEXT2VIDEO_ZERO
-from t2v_fast.core.models import ModelCard
+from t2v_fast.core.guidance import ClassifierFreeGuidance, Guider
+from t2v_fast.core.models import ModelCard, dtype_name
 from t2v_fast.core.networks import NETWORKS, dims
 from t2v_fast.core.pipeline import VideoPipeline, VideoRequest
 from t2v_fast.loading import load_pipeline
 
-from .measure import PeakMemory, timed
+from .measure import PeakMemory, pixel_diff, timed
 
 if TYPE_CHECKING:
     from .harness import BenchConfig
+
+
+# The contenders of the sections racing our backends against a recipe of their own (guided, edit), in the order they
+# run and are reported; torch-compiled is the backends section's only.
+SECTION_CONTENDERS = ("reference", "torch", "onnxruntime", "tensorrt")
+# The stages run with guidance on, as the UNet stage's doubled batch: the text encoder gets negatives and prompts.
+GUIDANCE_ON = ClassifierFreeGuidance(scale=7.5)
 
 
 class Unavailable(Exception):
@@ -66,8 +74,9 @@ class Workload:
         return made["sample"], made["timestep"], made["encoder_hidden_states"]
 
     def latents(self) -> torch.Tensor:
-        """The denoised latents of every video, `(videos, frames, C, h, w)`, for timing the decoder."""
-        return self._inputs("unet", self.videos)["sample"]
+        """The denoised latents of every video, `(videos, frames, C, h, w)`, for timing the decoder: the UNet's input
+        without the input frames' latents an editing UNet takes beside them."""
+        return self._inputs("unet", self.videos)["sample"][:, :, : self.card.latent_channels].contiguous()
 
 
 class PipelineRunner:
@@ -78,6 +87,7 @@ class PipelineRunner:
         self._prepare = prepare
         self.pipeline: VideoPipeline | None = None
         self.cold: dict[str, float] = {}
+        self.guider: Guider = GUIDANCE_ON  # how the text encoding stage lays out the texts
 
     def load(self, work: Workload) -> None:
         self.pipeline, self.cold = self._prepare()
@@ -89,7 +99,7 @@ class PipelineRunner:
 
     def encode(self) -> Any:
         assert self.pipeline is not None, "load() first"
-        return self.pipeline.encode_prompts(self.requests, True)
+        return self.pipeline.encode_prompts(self.requests, self.guider)
 
     def unet(self) -> Any:
         assert self.pipeline is not None, "load() first"
@@ -108,6 +118,27 @@ class PipelineRunner:
         return np.stack([v.frames for v in videos])
 
 
+class InputVideoRunner(PipelineRunner):
+    """Our pipeline on one backend making videos from an input video (the guided and edit sections'): `inputs` are
+    its keywords to `generate` (the video and how to read it), `step` the network of the section's denoising step,
+    timed at the full video batch with `guider`'s branches; `unet` runs it."""
+
+    def __init__(self, runner: PipelineRunner, inputs: dict[str, Any], step: str, guider: Guider):
+        super().__init__(runner.name, runner._prepare)
+        self.inputs, self.step, self.guider = inputs, step, guider
+
+    def load(self, work: Workload) -> None:
+        super().load(work)
+        self.step_args = work._inputs(self.step, self.guider.conditions * work.videos)
+
+    def generate(self, work: Workload) -> np.ndarray:
+        assert self.pipeline is not None, "load() first"
+        videos = self.pipeline.generate(
+            work.prompts, negative_prompt=work.negative_prompt, seed=work.seeds, progress=False, **self.inputs
+        )
+        return np.stack([v.frames for v in videos])
+
+
 class DiffusersReference:
     """What both families' references share: loading the diffusers pipeline from the saved folder (timed as the
     cold start), and encoding the prompts with its own `encode_prompt`."""
@@ -118,9 +149,9 @@ class DiffusersReference:
         self.folder = folder
         self.cold: dict[str, float] = {}
 
-    def _load_pipeline(self, pipeline_class: Any, work: Workload) -> None:
+    def _load_pipeline(self, pipeline_class: Any, work: Workload, **options: Any) -> None:
         started = time.perf_counter()
-        self.pipe = pipeline_class.from_pretrained(str(self.folder), dtype=work.dtype).to(work.device)
+        self.pipe = pipeline_class.from_pretrained(str(self.folder), dtype=work.dtype, **options).to(work.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.cold = {"load_s": time.perf_counter() - started}
         self.work = work
@@ -163,7 +194,7 @@ class ReferenceRunner(DiffusersReference):
                 generator=torch.Generator().manual_seed(seed),
                 **reference_arguments(work.params),
             ).images
-            videos.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
+            videos.append(uint8_frames(images))
         return np.stack(videos)
 
 
@@ -192,7 +223,63 @@ class ModelScopeReferenceRunner(DiffusersReference):
             output_type="np",
             **reference_arguments(work.params, MODELSCOPE_REFERENCE_NAMES),
         ).frames
-        return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+        return uint8_frames(frames)
+
+
+class FramesReference(DiffusersReference):
+    """What the references of the sections with an input video share: diffusers' image pipeline over `[prompt] *
+    frames`, one video per call (its cross-frame attention relates the frames of one video), on our step's inputs
+    (`step` at the full video batch with `conditions` branches of guidance) laid out as diffusers' (every frame of
+    every video in the batch axis); the pipeline's own decode."""
+
+    def __init__(self, folder: Path, video: np.ndarray, step: str, conditions: int):
+        super().__init__(folder)
+        self.video, self.step, self.conditions = video, step, conditions
+        self._batch = 0
+
+    def _load_pipeline(self, pipeline_class: Any, work: Workload, **options: Any) -> None:
+        super()._load_pipeline(pipeline_class, work, **options)
+        made = work._inputs(self.step, self.conditions * work.videos)
+        frames = made["sample"].shape[1]
+        self.sample, self.timestep = made["sample"].flatten(0, 1), made["timestep"]
+        self.text = made["encoder_hidden_states"].repeat_interleave(frames, 0)
+        self.step_inputs = made
+        self.latents = work.latents()
+
+    def _cross_frame(self, batch: int, *modules: Any) -> None:
+        """`CrossFrameAttnProcessor(batch_size=batch)` on `modules`: `batch` videos' branches in a call."""
+        from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+            CrossFrameAttnProcessor,
+        )
+
+        if batch != self._batch:
+            for module in modules:
+                module.set_attn_processor(CrossFrameAttnProcessor(batch_size=batch))
+            self._batch = batch
+
+    def _encode_call(self, prompts: list[str], negatives: list[str]) -> Any:
+        return self.pipe.encode_prompt(prompts, self.work.device, 1, True, negatives)
+
+    def encode(self) -> Any:
+        """What each call of the recipe encodes: `[prompt] * frames` and their negatives."""
+        frames, work = len(self.video), self.work
+        return [self._encode_call([p] * frames, [work.negative_prompt] * frames) for p in work.prompts]
+
+    @torch.no_grad()
+    def decode(self) -> Any:
+        """The pipeline's decode of each video's frames (`output_type="np"`)."""
+        vae = self.pipe.vae
+        return [
+            self.pipe.image_processor.postprocess(
+                vae.decode(video / vae.config.scaling_factor, return_dict=False)[0], output_type="np"
+            )
+            for video in self.latents
+        ]
+
+
+def uint8_frames(images: np.ndarray) -> np.ndarray:
+    """A diffusers pipeline's float frames in [0, 1] (`output_type="np"`) as uint8, as our pipelines round them."""
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
 REFERENCE_RUNNERS: dict[str, Callable[[Path], Any]] = {
@@ -249,10 +336,12 @@ def onnxruntime_runner(
     width: int,
     engines: Path,
     controlnet: str | None = None,
+    fast: bool = True,
 ) -> PipelineRunner:
     """Our pipeline on ONNX Runtime over the engine directory `engines`, exported there (fast mode's graphs
     included) by the first section that runs it: the sections of one run share one export. With `controlnet`, an
-    export with guided video's `unet_controlnet` instead of fast mode's graphs (the guided section's)."""
+    export with guided video's `unet_controlnet` instead of fast mode's graphs (the guided section's); without `fast`,
+    none of fast mode's graphs (the edit section's, whose model is not the run's)."""
     import onnxruntime
 
     from t2v_fast.backends.onnxruntime import onnxruntime_providers
@@ -269,7 +358,7 @@ def onnxruntime_runner(
         cold = {}
         if not EngineDir.is_engine_dir(engines):
             started = time.perf_counter()
-            settings = ExportSettings(frames, height, width, 1, export_dtype, fast=controlnet is None)
+            settings = ExportSettings(frames, height, width, 1, export_dtype, fast=fast and controlnet is None)
             # Traced on the device the contender runs on: an fp16 model never materialises on the CPU.
             guided = {"controlnet": controlnet} if controlnet else {}
             export_model(model, engines, settings, progress=False, device=str(device), **guided)
@@ -290,9 +379,10 @@ def tensorrt_runner(
     videos: int,
     engines: Path,
     controlnet: str | None = None,
+    fast: bool = True,
 ) -> PipelineRunner:
-    """Our pipeline on TensorRT engines in `engines`, exported (fast mode's graphs included; with `controlnet`,
-    guided video's `unet_controlnet` instead) and built there by the first section that runs it."""
+    """Our pipeline on TensorRT engines in `engines`, exported (fast mode's graphs included unless `fast` is off;
+    with `controlnet`, guided video's `unet_controlnet` instead) and built there by the first section that runs it."""
     if importlib.util.find_spec("tensorrt") is None:
         raise Unavailable("TensorRT is not installed (pip install 't2v-fast[tensorrt]')")
     if device.type != "cuda":
@@ -306,7 +396,7 @@ def tensorrt_runner(
         cold = {}
         if not EngineDir.is_engine_dir(engines):
             started = time.perf_counter()
-            settings = ExportSettings(frames, height, width, videos, "fp16", fast=controlnet is None)
+            settings = ExportSettings(frames, height, width, videos, "fp16", fast=fast and controlnet is None)
             guided = {"controlnet": controlnet} if controlnet else {}
             export_model(model, engines, settings, False, str(device), **guided)
             exported = time.perf_counter()
@@ -318,6 +408,35 @@ def tensorrt_runner(
         return pipeline, {**cold, "load_s": time.perf_counter() - started}
 
     return PipelineRunner("tensorrt", prepare)
+
+
+def backend_makers(
+    config: BenchConfig,
+    work: Workload,
+    model: Path,
+    wrap: Callable[[PipelineRunner], PipelineRunner],
+    onnx_engines: Path,
+    tensorrt_engines: Path,
+    controlnet: str | None = None,
+    fast: bool = True,
+) -> dict[str, Callable[[], PipelineRunner]]:
+    """Our backends' contenders, unloaded, by name: torch eager, ONNX Runtime over `onnx_engines` and TensorRT over
+    `tensorrt_engines` (exported there by the first contender that runs them, with `controlnet`, with fast mode's
+    graphs when `fast`), each as the section runs it (`wrap`)."""
+    device, params, name = work.device, work.params, str(model)
+    frames, height, width = params["frames"], params["height"], params["width"]
+    export_dtype = "fp16" if work.dtype == torch.float16 else "fp32"
+    return {
+        "torch": lambda: wrap(
+            torch_runner(name, str(device), dtype_name(work.dtype), compile_unet=False, controlnet=controlnet)
+        ),
+        "onnxruntime": lambda: wrap(
+            onnxruntime_runner(name, device, export_dtype, frames, height, width, onnx_engines, controlnet, fast)
+        ),
+        "tensorrt": lambda: wrap(
+            tensorrt_runner(name, device, frames, height, width, config.videos, tensorrt_engines, controlnet, fast)
+        ),
+    }
 
 
 def measure_contender(runner: Any, work: Workload, config: BenchConfig, step: str = "unet_call") -> dict[str, Any]:
@@ -384,3 +503,74 @@ def run_contenders(
         print(f"{label}{name}: {describe(results[name])}", flush=True)
         on_contender({k: {f: v for f, v in r.items() if f != "_frames"} for k, r in results.items()})
     return results
+
+
+def export_problem(engines: Path, weights_sha256: str, network: str | None = None, without: str = "") -> str | None:
+    """Why the export `engines`, given to a section, cannot run its model (None: it can): it must be an engine
+    directory of the model's weights, with `network` where one is named (`without` says what lacking it means)."""
+    if not EngineDir.is_engine_dir(engines):
+        return "not an engine directory (no engine.json)"
+    engine_dir = EngineDir.load(engines, verify_hashes=False)
+    if engine_dir.weights_sha256 != weights_sha256:
+        return "exported from other weights than the benchmarked model's"
+    if network is not None and network not in engine_dir.networks:
+        return f"exported without {without} (no {network})"
+    return None
+
+
+def derive_vs_reference(results: dict[str, Any], stages: tuple[str, ...]) -> None:
+    """A section's speed-ups over the reference per stage and end to end, and each contender's pixel difference from
+    the reference's frames, from figures of this same run; the frames dropped after."""
+    reference = results.get("reference", {})
+    for result in results.values():
+        if not result.get("available") or not reference.get("available"):
+            continue
+        ours, theirs = result["stages"], reference["stages"]
+        result["speedup_vs_reference"] = (
+            theirs["end_to_end_per_video"]["median_s"] / ours["end_to_end_per_video"]["median_s"]
+        )
+        result["stage_speedups_vs_reference"] = {
+            stage: theirs[stage]["median_s"] / ours[stage]["median_s"] for stage in stages
+        }
+        result["pixel_diff_vs_reference"] = pixel_diff(result["_frames"], reference["_frames"])
+    for result in results.values():
+        result.pop("_frames", None)
+
+
+def describe_step(step: str, what: str) -> Callable[[dict[str, Any]], str]:
+    """A section's line per contender: end to end per video and its denoising step (`step`, described as `what`)."""
+
+    def describe(result: dict[str, Any]) -> str:
+        if not result.get("available"):
+            return f"not available: {result['reason']}"
+        stages = result["stages"]
+        video, seconds = stages["end_to_end_per_video"]["median_s"], stages[step]["median_s"]
+        return f"{video:.3f} s/video, {what} {seconds * 1e3:.1f} ms"
+
+    return describe
+
+
+def race_section(
+    label: str,
+    section: dict[str, Any],
+    makers: dict[str, Callable[[], Any]],
+    work: Workload,
+    config: BenchConfig,
+    stages: tuple[str, ...],
+    what: str,
+    on_contender: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """A section (`label`: guided, edit) racing our backends against its reference recipe: each of
+    `SECTION_CONTENDERS` measured on `work` (its step, `stages[1]`, described as `what`), then the figures derived
+    from this run; `section` (its own fields) with the contenders, which `on_contender` also gets after each."""
+    step = stages[1]
+    section["contenders"] = results = run_contenders(
+        SECTION_CONTENDERS,
+        config,
+        lambda name: measure_contender(makers[name](), work, config, step=step),
+        describe_step(step, what),
+        lambda done: on_contender({**section, "contenders": done}),
+        label=f"{label} ",
+    )
+    derive_vs_reference(results, stages)
+    return section

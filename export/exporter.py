@@ -1,10 +1,11 @@
-"""Export the text encoder, the video UNet (with cross-frame attention) and the VAE decoder to ONNX, with `fast`
-fast mode's two UNet graphs (`t2v_fast.core.deepcache`), and with a ControlNet guided video's step, the ControlNet and
-the UNet in one graph (`unet_controlnet`, `t2v_fast.families.guided.controlnet`).
+"""Export the model's task's networks to ONNX (the text encoder, the video UNet with cross-frame attention, the VAE
+decoder, and for video editing the VAE encoder), with `fast` fast mode's two UNet graphs (`t2v_fast.core.deepcache`),
+and with a ControlNet guided video's step, the ControlNet and the UNet in one graph (`unet_controlnet`,
+`t2v_fast.families.guided.controlnet`).
 
 What is exported, with which inputs and dynamic axes, is the table in `t2v_fast.core.networks`: text batch, videos ×
-guidance, frames per video, latent height and width, control maps' height and width, decoded images. The frame count
-is never a constant.
+guidance, frames per video, latent height and width, control maps' and input frames' height and width, decoded (or
+encoded) images. The frame count is never a constant.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from t2v_fast.core.networks import (
     dims,
     model_dims,
 )
+from t2v_fast.core.profiles import guidance_conditions
 from t2v_fast.errors import UserError
 
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -41,12 +43,19 @@ EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 OPTIMIZATIONS = ("onnxruntime-cuda",)
 
 
+def example_frames(info: ModelCard) -> int:
+    """The frame count an export is traced and profiled at when none is chosen: the family's default length, else
+    (a length that is the input video's: video editing) its default chunk size, the frames of one UNet pass."""
+    defaults = info.family_record.defaults
+    return int(defaults["frames"] or defaults["chunk_size"])
+
+
 def _example_dims(info: ModelCard, settings: ExportSettings) -> dict[str, int]:
     # torch.export specialises axes whose example size is 0 or 1, so every example size is at least 2.
-    assert settings.frames is not None  # resolved to the family's default by `export_model`
+    assert settings.frames is not None  # resolved by `export_model`
     return dims(
         info,
-        videos=max(2 * settings.videos, 2),
+        videos=max(guidance_conditions(info) * settings.videos, 2),
         frames=max(settings.frames, 2),
         height=settings.height or info.native_size,
         width=settings.width or info.native_size,
@@ -225,7 +234,7 @@ def export_model(
     dtype = torch.float32 if settings.optimized_for else EXPORT_DTYPES[settings.dtype]
     components = load_components(model, device=device, dtype=dtype, controlnet=controlnet)
     info = ModelCard.from_components(components)
-    settings = replace(settings, frames=settings.frames or info.family_record.defaults["frames"])
+    settings = replace(settings, frames=settings.frames or example_frames(info))
     for name, value in (("height", settings.height), ("width", settings.width)):
         if value is not None and value % info.size_multiple:
             raise UserError(f"{name} must be a multiple of {info.size_multiple}, got {value}")

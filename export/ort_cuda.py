@@ -12,11 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 # The optimiser's model type per component, as ONNX Runtime's Stable Diffusion tools name them.
-# Fast mode's graphs are parts of the UNet, made of its blocks.
+# Fast mode's graphs are parts of the UNet, made of its blocks; video editing's VAE encoder is a "vae" there too.
 ORT_MODEL_TYPES = {
     "text_encoder": "clip",
     "unet": "unet",
     "vae_decoder": "vae",
+    "vae_encoder": "vae",
     "unet_caching": "unet",
     "unet_cached": "unet",
 }

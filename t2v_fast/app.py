@@ -5,39 +5,64 @@ denoising steps; the result plays in the page with its sidecar and a download. O
 requests, and a queue runs one generation at a time (one GPU) with a bounded length. The same function is Gradio's
 API endpoint `/generate`, whose every input but the prompt is optional (empty: the model's default). Guided tab:
 a control video (its control maps previewed), a prompt, a Text2Video-Zero model and a ControlNet, and guided video's
-parameters; its endpoint is `/guided`. Night tab: a folder written by `t2v-fast batch` or the nightly flow: counts
-per status, a filterable table of rows (with their QC verdicts), rejected rows with row and column, and a click on a
-row plays its video beside its prompt and parameters. Bad input shows as a message in the page, never a stack trace.
+parameters; its endpoint is `/guided`. Edit tab: an input video, an instruction and an Instruct-Pix2Pix model, and
+video editing's parameters; its endpoint is `/edit`. Each tab offers the models whose family runs its task. Night
+tab: a folder written by `t2v-fast batch` or the nightly flow: counts per status, a filterable table of rows (with
+their QC verdicts), rejected rows with row and column, and a click on a row plays its video beside its prompt and
+parameters. Bad input shows as a message in the page, never a stack trace.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import inspect
 import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from t2v_fast.core.families import GUIDED, MODELSCOPE, all_params, defaults_by_family, family_of_unet
+from t2v_fast.core.engine_dir import EngineDir
+from t2v_fast.core.families import (
+    EDIT,
+    GUIDED,
+    INSTRUCT_PIX2PIX,
+    TEXT_TO_VIDEO,
+    Task,
+    all_params,
+    defaults_by_family,
+    family_of_unet,
+    identify,
+)
+from t2v_fast.core.input_params import INPUT_TITLES, INPUT_VIDEO
+from t2v_fast.core.models import read_config, read_model_index
 from t2v_fast.core.params import ParamInfo, param_infos, raise_problems, request_problems
 from t2v_fast.core.presets import CONTROLNET_OF_PRESET, CONTROLNET_PRESETS, PRESETS, preset_configs
 from t2v_fast.errors import T2vFastError, UserError
 from t2v_fast.families.guided.params import GUIDED_VIDEO
+from t2v_fast.families.instruct_pix2pix.params import VIDEO_EDITING
 from t2v_fast.loading import describe_model, load_pipeline
 
 # The text-to-video parameters' fields, in this order in the form and in the `/generate` endpoint's arguments:
-# `all_params()` but guided video's own, which are listed last there, so the endpoint's positions stay as they were.
-PARAMS = tuple(info for info in all_params() if info.section != GUIDED_VIDEO)
-# Guided video's own parameters (ControlNet scale, annotator, Canny thresholds, cut), in `/guided`'s arguments after
-# the control video, the prompt, the model and the ControlNet.
-GUIDED_PARAMS = tuple(info for info in all_params() if info.section == GUIDED_VIDEO)
+# `all_params()` but those of a request with an input video (its cut, guided video's, video editing's), which are
+# listed last there, so the endpoint's positions stay as they were.
+INPUT_SECTIONS = (INPUT_VIDEO, GUIDED_VIDEO, VIDEO_EDITING)
+PARAMS = tuple(info for info in all_params() if info.section not in INPUT_SECTIONS)
+# The input video's cut (start, end), which guided video and video editing take alike.
+CUT_PARAMS = tuple(info for info in all_params() if info.section == INPUT_VIDEO)
+# Guided video's own parameters (ControlNet scale, annotator, Canny thresholds), then the cut, in `/guided`'s
+# arguments after the control video, the prompt, the model and the ControlNet (the order `/guided` has always had).
+GUIDED_PARAMS = (*(info for info in all_params() if info.section == GUIDED_VIDEO), *CUT_PARAMS)
 STEPS = next(info for info in PARAMS if info.name == "steps")
+GUIDANCE = next(info for info in PARAMS if info.name == "guidance")
+# Video editing's fields (image guidance, guidance, steps, cut), in `/edit`'s arguments after the input video, the
+# instruction and the model.
+EDIT_PARAMS = (*(info for info in all_params() if info.section == VIDEO_EDITING), GUIDANCE, STEPS, *CUT_PARAMS)
 # The random-weight ControlNet and depth estimator that fit each base preset: the guided tab's defaults for it.
 DEPTH_MODEL_OF_PRESET = {"tiny-random": "dpt-tiny-random", "sd15-random": "dpt-hybrid-random"}
 PREVIEW_FRAMES = 8  # control maps shown by "Preview control maps", evenly over the cut
@@ -83,17 +108,48 @@ def model_choices(given: list[str], models_dir: Path | None) -> list[str]:
     return list(dict.fromkeys([*given, *PRESETS, *found]))
 
 
+def models_for(task: Task, models: list[str]) -> list[str]:
+    """The models a tab running `task` offers: those whose family runs it, and those whose family cannot be told
+    without loading them (a hub id: Run says when it does not fit); all of them when none fits."""
+    offered = [m for m in models if _family_name(m) in (*task.families, None)]
+    return offered or models
+
+
+def _family_name(model: str) -> str | None:
+    """The family of a preset, or of a diffusers or engine folder, from its configs alone (offline); None for
+    anything else, or what does not read as a model."""
+    try:
+        if model in PRESETS:
+            configs = preset_configs(model)
+            return family_of_unet(configs["unet"], configs["vae"]["latent_channels"]).name
+        if EngineDir.is_engine_dir(model):
+            return EngineDir.load(model, verify_hashes=False).card.family
+        folder = Path(model)
+        if (folder / "model_index.json").is_file():
+            configs = {name: read_config(folder, name) for name in ("unet", "vae")}
+            return identify(model, read_model_index(folder), configs["unet"], configs["vae"])[0].name
+    except (T2vFastError, OSError, ValueError):
+        pass
+    return None
+
+
 def guided_models(models: list[str]) -> list[str]:
-    """The models the guided tab offers: all but the ModelScope presets (guided video runs on Text2Video-Zero), the
-    presets with a ControlNet preset of their own first."""
-    offered = [m for m in models if m not in PRESETS or family_of_unet(preset_configs(m)["unet"]) is not MODELSCOPE]
-    return sorted(offered or models, key=lambda m: m not in CONTROLNET_OF_PRESET)
+    """The models the guided tab offers: Text2Video-Zero ones, the presets with a ControlNet preset of their own
+    first."""
+    return sorted(models_for(GUIDED, models), key=lambda m: m not in CONTROLNET_OF_PRESET)
+
+
+def edit_models(models: list[str]) -> list[str]:
+    """The models the edit tab offers: Instruct-Pix2Pix ones (the tiny preset before the full one), before those
+    whose family cannot be told."""
+    return sorted(models_for(EDIT, models), key=lambda m: _family_name(m) is None)
 
 
 class App:
     def __init__(self, models: list[str], loaded: LoadedModel, out_dir: Path):
-        self.models, self.loaded, self.out_dir = models, loaded, out_dir
+        self.models, self.loaded, self.out_dir = models_for(TEXT_TO_VIDEO, models), loaded, out_dir
         self.guided_models = guided_models(models)
+        self.edit_models = edit_models(models)
         self.emptied = 0  # number fields the page empties when it opens (`build`)
 
     def generate(
@@ -112,19 +168,15 @@ class App:
         of videos (one). The pipeline validates every value; only the prompt is checked first, so that an empty one
         never waits for a model to load."""
         values = _values(PARAMS, params)
-        try:
+        with _shown_as_message():
             raise_problems(request_problems(prompt=prompt))
             pipeline = self.loaded.get(model or self.models[0])
             videos = pipeline.generate(
                 prompt,
-                negative_prompt=negative_prompt or None,
-                seed=_typed_int(seed),
                 videos_per_prompt=1 if videos_per_prompt is None else int(videos_per_prompt),
-                progress=True,
+                **_request(negative_prompt, seed),
                 **values,
             )
-        except T2vFastError as error:
-            raise gr.Error(str(error), print_exception=False) from None
         prefix = self._output_prefix()
         paths = [str(v.save(f"{prefix}-seed{v.metadata['seed']}.mp4")) for v in videos]
         return paths[0], videos[0].metadata, paths
@@ -149,10 +201,8 @@ class App:
         model (then Gradio's progress tracker); each empty one is the model's default. An empty model is the first
         the tab offers, an empty ControlNet (or depth model) the one that fits a preset model."""
         *guided, steps, seed, negative_prompt, depth_model = _values((*GUIDED_PARAMS, STEPS), params, extra=3)
-        try:
-            if not video:
-                raise UserError("missing control video: upload the video to follow")
-            raise_problems(request_problems(prompt=prompt))
+        with _shown_as_message():
+            _check_video_request("control", video, prompt)
             model = model or self.guided_models[0]
             controlnet = controlnet or CONTROLNET_OF_PRESET.get(model)
             if not controlnet:
@@ -162,18 +212,33 @@ class App:
             videos = pipeline.generate(
                 prompt,
                 control=video,
-                negative_prompt=negative_prompt or None,
-                seed=_typed_int(seed),
-                progress=True,
                 steps=steps,
+                **_request(negative_prompt, seed),
                 **dict(zip(names, guided, strict=True)),
             )
-        except T2vFastError as error:
-            raise gr.Error(str(error), print_exception=False) from None
         result = videos[0]
         path = result.save(f"{self._output_prefix()}-guided-seed{result.metadata['seed']}.mp4", save_control=True)
         control = path.with_suffix(".control.mp4")
         return str(path), str(control) if control.is_file() else None, result.metadata
+
+    def edit(
+        self, video: str | None, prompt: str, model: str | None = None, *params: Any
+    ) -> tuple[str, dict[str, Any]]:
+        """The input `video` edited by the instruction `prompt`: the edited video and its metadata.
+
+        `params` are video editing's fields (`EDIT_PARAMS` order), then seed and negative prompt (then Gradio's
+        progress tracker); each empty one is the model's default. An empty model is the first the tab offers."""
+        *edit, seed, negative_prompt = _values(EDIT_PARAMS, params, extra=2)
+        with _shown_as_message():
+            _check_video_request("video", video, prompt)
+            pipeline = self.loaded.get(model or self.edit_models[0])
+            names = [info.name for info in EDIT_PARAMS]
+            videos = pipeline.generate(
+                prompt, video=video, **_request(negative_prompt, seed), **dict(zip(names, edit, strict=True))
+            )
+        result = videos[0]
+        path = result.save(f"{self._output_prefix()}-edit-seed{result.metadata['seed']}.mp4")
+        return str(path), result.metadata
 
     def depth_model_for(self, model: str, depth_model: str | None) -> str | None:
         """The depth annotator's model: the one given, the random one fitting a preset, or the pipeline's default."""
@@ -196,9 +261,8 @@ class App:
         from t2v_fast.annotators import annotate
         from t2v_fast.core.video_input import load_video, probe_video
 
-        try:
-            if not video:
-                raise UserError("missing control video: upload the video to follow")
+        with _shown_as_message():
+            video = _check_video_request("control", video)
             model = model or self.guided_models[0]
             try:
                 resolution = describe_model(model).native_size
@@ -219,8 +283,6 @@ class App:
                 depth_model=self.depth_model_for(model, depth_model) or _default_depth_model(),
                 device=self.loaded.device,
             )
-        except T2vFastError as error:
-            raise gr.Error(str(error), print_exception=False) from None
         return [(frame, f"frame {index}") for frame, index in zip(maps, chosen, strict=True)]
 
     def guided_defaults(self, model: str) -> tuple[Any, Any]:
@@ -291,8 +353,8 @@ class App:
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="t2v-fast") as demo:
             gr.Markdown(
-                "# t2v-fast\nText to video (Text2Video-Zero and ModelScope models), and a review room for each"
-                " night's output."
+                "# t2v-fast\nText to video (Text2Video-Zero and ModelScope models), guided video, video editing"
+                " (Instruct-Pix2Pix), and a review room for each night's output."
             )
             with gr.Tab("Generate"):
                 with gr.Row():
@@ -318,6 +380,8 @@ class App:
                 model.change(self.family_defaults, model, fields, api_name=False)  # type: ignore[arg-type]
             with gr.Tab("Guided by a video"):
                 guided_model, controlnet, depth, guided_empty = self.build_guided()
+            with gr.Tab("Edit a video"):
+                edit_empty = self.build_edit()
             with gr.Tab("Night"):
                 with gr.Row():
                     folder = gr.Textbox(
@@ -341,7 +405,7 @@ class App:
                 for trigger in (status.change, text.submit):
                     trigger(self.filter_rows, [folder, status, text], table, api_name=False)  # type: ignore[arg-type]
                 table.select(self.show_row, [folder, table], [row_video, row_meta], api_name=False)  # type: ignore[arg-type]
-            empty = [seed, *guided_empty]
+            empty = [seed, *guided_empty, *edit_empty]
             self.emptied = len(empty)
             opened, filled = [model, guided_model], [*fields, controlnet, depth, *empty]
             demo.load(self.page_defaults, opened, filled, api_name=False, concurrency_limit=None)
@@ -380,10 +444,12 @@ class App:
                         info.name: _field(info, info.default) for info in GUIDED_PARAMS if info.name != "annotator"
                     }
                     steps = _field(
-                        STEPS, None, label="Steps (guided video)", default=f"guided video's {GUIDED.defaults['steps']}"
+                        STEPS,
+                        None,
+                        label=f"{STEPS.label} ({GUIDED.title})",
+                        default=f"{GUIDED.title}'s {GUIDED.defaults['steps']}",
                     )
-                    seed = gr.Number(None, label="Seed (guided video; empty: random)", precision=0)
-                    negative = gr.Textbox(label="Negative prompt (guided video)")
+                    seed, negative = _seed_and_negative(GUIDED.title)
                     depth = gr.Textbox(
                         label="Depth model (depth annotator)",
                         info="a preset (dpt-tiny-random, dpt-hybrid-random), a folder or a hub id; empty: the one"
@@ -401,8 +467,43 @@ class App:
         shown = [control, model, annotator, fields["canny_low"], fields["canny_high"], fields["start"], fields["end"]]
         preview.click(self.preview_control, [*shown, depth], maps, api_name="preview_control")
         model.change(self.guided_defaults, model, [controlnet, depth], api_name=False)  # type: ignore[arg-type]
-        empty = [f for f in (*params, steps, seed) if isinstance(f, gr.Number) and f.value is None]
-        return model, controlnet, depth, empty
+        return model, controlnet, depth, _emptied([*params, steps, seed])
+
+    def build_edit(self) -> list[gr.Number]:
+        """The edit tab: an input video, an instruction, an Instruct-Pix2Pix model and video editing's parameters;
+        Run is the `/edit` endpoint. The number fields the page empties when it opens."""
+        gr.Markdown(
+            'Instruct-Pix2Pix with cross-frame attention: the uploaded video, edited by an instruction ("make it'
+            ' winter", "in Van Gogh style"), frame-to-frame consistent.'
+        )
+        with gr.Row():
+            with gr.Column():
+                source = gr.Video(label="Input video", sources=["upload"], elem_id="edit-source")
+                prompt = gr.Textbox(label="Instruction", placeholder="make it winter", elem_id="edit-prompt")
+                model = gr.Dropdown(
+                    self.edit_models, value=self.edit_models[0], label="Model (video editing)", allow_custom_value=True
+                )
+                run = gr.Button("Run video editing", variant="primary", elem_id="edit-run")
+                with gr.Accordion("Video editing options", open=False):
+                    fields = [self._edit_field(info) for info in EDIT_PARAMS]
+                    seed, negative = _seed_and_negative(EDIT.title)
+            with gr.Column():
+                output = gr.Video(label="Edited video", autoplay=True, elem_id="edit-video")
+                metadata = gr.JSON(label="Sidecar metadata (video editing)")
+        inputs = [source, prompt, model, *fields, seed, negative]
+        names = ["video", "prompt", "model", *(info.name for info in EDIT_PARAMS), "seed", "negative_prompt"]
+        run.click(_named(self.edit, names, required=2), inputs, [output, metadata], api_name="edit")
+        return _emptied([*fields, seed])
+
+    @staticmethod
+    def _edit_field(info: ParamInfo) -> gr.Number | gr.Dropdown:
+        """A video editing field, labelled apart from the other tabs': the cut as the guided tab has it, the others
+        empty, saying Instruct-Pix2Pix's default (the family's, else the parameter's)."""
+        label = f"{info.label} ({EDIT.title})"
+        if info.section == INPUT_VIDEO:
+            return _field(info, info.default, label=label)
+        default = INSTRUCT_PIX2PIX.defaults.get(info.name, info.default)
+        return _field(info, None, label=label, default=f"{INSTRUCT_PIX2PIX.title}'s {default:g}")
 
 
 def _field(
@@ -423,6 +524,46 @@ def _field(
     if info.kind is str:
         return gr.Dropdown(list(info.choices), value=value, label=label or info.label, info=text)
     return gr.Number(value, label=label or info.label, precision=0 if info.kind is int else None, info=text)
+
+
+def _seed_and_negative(what: str) -> tuple[gr.Number, gr.Textbox]:
+    """The seed and negative prompt fields of a tab running `what` (guided video, video editing), labelled apart from
+    the other tabs'."""
+    seed = gr.Number(None, label=f"Seed ({what}; empty: random)", precision=0)
+    return seed, gr.Textbox(label=f"Negative prompt ({what})")
+
+
+def _emptied(fields: Sequence[Any]) -> list[gr.Number]:
+    """The number fields that start empty: the page empties them when it opens (the browser shows them as 0)."""
+    return [f for f in fields if isinstance(f, gr.Number) and f.value is None]
+
+
+@contextlib.contextmanager
+def _shown_as_message() -> Iterator[None]:
+    """Bad input as one message in the page (and the API's error), never a stack trace."""
+    try:
+        yield
+    except T2vFastError as error:
+        raise gr.Error(str(error), print_exception=False) from None
+
+
+UPLOAD_PURPOSES = {"control": "follow", "video": "edit"}  # what each task's input video is for, in messages
+
+
+def _check_video_request(name: str, video: str | None, prompt: str | None = None) -> str:
+    """The checks a request with an input video (`name`, as `Task.input_videos` names it) passes before any model
+    loads: the video is there (returned), and so is the prompt (when it takes one)."""
+    if not video:
+        raise UserError(f"missing {INPUT_TITLES[name]}: upload the video to {UPLOAD_PURPOSES[name]}")
+    if prompt is not None:
+        raise_problems(request_problems(prompt=prompt))
+    return video
+
+
+def _request(negative_prompt: str | None, seed: float | None) -> dict[str, Any]:
+    """What every tab's request passes alike: an empty negative prompt is none, an empty seed random, and the
+    progress bar follows the denoising steps."""
+    return {"negative_prompt": negative_prompt or None, "seed": _typed_int(seed), "progress": True}
 
 
 def _named(fn: Callable[..., Any], names: Sequence[str], required: int = 1) -> Callable[..., Any]:

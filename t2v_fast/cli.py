@@ -21,7 +21,7 @@ from t2v_fast.core.presets import CONTROLNET_PRESETS, PRESETS
 from t2v_fast.errors import NumericalError, UserError
 
 if TYPE_CHECKING:
-    from t2v_fast.families.guided.params import GuidedParams
+    from t2v_fast.core.input_params import InputVideoParams
 
 EXIT_USER_ERROR = 2
 EXIT_NUMERICAL_ERROR = 3
@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--control", type=Path, help="guided video: the video to follow (MP4, WebM, GIF, or a folder of PNG frames)"
     )
     generate.add_argument(
+        "--video",
+        type=Path,
+        help="video editing (an Instruct-Pix2Pix model): the video to edit by the prompt, an instruction (MP4, WebM,"
+        " GIF, or a folder of PNG frames)",
+    )
+    generate.add_argument(
         "--save-control", action="store_true", help="guided video: also write the control maps as NAME.control.mp4"
     )
     generate.add_argument("--compile", action="store_true", help="torch backend: compile the UNet (torch.compile)")
@@ -168,13 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed here for --help; its arguments go straight to the harness's own parser (see `main`).
     commands.add_parser("bench", help="benchmark every backend against the reference (t2v-fast bench --help)")
 
-    export = commands.add_parser("export", help="export text encoder, UNet and VAE decoder to ONNX")
+    export = commands.add_parser(
+        "export",
+        help="export the model's networks to ONNX (text encoder, UNet, VAE decoder; video editing's VAE encoder)",
+    )
     export.add_argument("model", help=f"preset ({', '.join(PRESETS)}), diffusers folder or hub id")
     export.add_argument("--out", type=Path, help="engine directory to create (default: engines/<model name>)")
     export.add_argument(
         "--frames",
         type=_positive_int,
-        help=f"example frames per video; the graph stays dynamic (default: {defaults_by_family('frames')})",
+        help="example frames per video; the graph stays dynamic (default: the family's length, 8 for Text2Video-Zero,"
+        " 16 for ModelScope text-to-video; Instruct-Pix2Pix, whose length is the input video's: its chunk size, 8)",
     )
     export.add_argument("--height", type=_positive_int, help="example height in pixels (default: native size)")
     export.add_argument("--width", type=_positive_int, help="example width in pixels (default: native size)")
@@ -308,7 +318,8 @@ def _generate(args: argparse.Namespace) -> int:
     from t2v_fast.loading import describe_model
 
     # Every rule that needs only the model's configs is checked before its weights load (minutes for a large model).
-    task = task_of_inputs({"control": args.control})
+    inputs = {"control": args.control, "video": args.video}
+    task = task_of_inputs(inputs)
     card = describe_model(source, controlnet=args.controlnet)
     if args.control is not None and not card.controlnet:
         from t2v_fast.core.engine_dir import EngineDir
@@ -319,10 +330,11 @@ def _generate(args: argparse.Namespace) -> int:
     raise_problems(problems)
     if task.name not in card.tasks:
         raise UserError(f"{task.title} needs a ControlNet: give one with --controlnet")
-    if args.control is not None:
-        from t2v_fast.families.guided.control import probe_control
+    from t2v_fast.core.input_params import INPUT_TITLES, probe_input
 
-        probe_control(args.control, cast("GuidedParams", settings))
+    for name, given in inputs.items():
+        if given is not None:
+            probe_input(given, cast("InputVideoParams", settings), INPUT_TITLES[name])
     with _status(f"loading {source} ({args.backend} backend)", quiet=args.quiet):
         pipeline = _load_pipeline(
             args,
@@ -337,6 +349,7 @@ def _generate(args: argparse.Namespace) -> int:
         videos_per_prompt=args.videos_per_prompt,
         progress=not args.quiet,
         control=args.control,
+        video=args.video,
         **_param_request(args).values,
     )
     for video, path in zip(videos, paths, strict=True):

@@ -13,7 +13,7 @@ from typing import Any
 from transformers import CLIPTokenizer
 
 from t2v_fast.core.engine_dir import EngineDir
-from t2v_fast.core.families import MODELSCOPE, TEXT2VIDEO_ZERO, TEXT_TO_VIDEO
+from t2v_fast.core.families import EDIT, INSTRUCT_PIX2PIX, MODELSCOPE, TEXT2VIDEO_ZERO, TEXT_TO_VIDEO
 from t2v_fast.core.models import (
     ModelCard,
     read_config,
@@ -25,6 +25,7 @@ from t2v_fast.core.pipeline import VideoPipeline
 from t2v_fast.core.presets import PRESETS, preset_configs, preset_scheduler, preset_tokenizer
 from t2v_fast.families.guided.controlnet import check_fit
 from t2v_fast.families.guided.pipeline import GuidedPipeline
+from t2v_fast.families.instruct_pix2pix.pipeline import InstructPix2PixPipeline
 from t2v_fast.families.modelscope.pipeline import ModelScopePipeline
 from t2v_fast.families.text2video_zero.pipeline import TextToVideoZeroPipeline
 from t2v_fast.runtime import open_backend
@@ -33,6 +34,7 @@ from t2v_fast.runtime import open_backend
 PIPELINES: dict[tuple[str, str], type[VideoPipeline]] = {
     (TEXT2VIDEO_ZERO.name, TEXT_TO_VIDEO.name): TextToVideoZeroPipeline,
     (MODELSCOPE.name, TEXT_TO_VIDEO.name): ModelScopePipeline,
+    (INSTRUCT_PIX2PIX.name, EDIT.name): InstructPix2PixPipeline,
 }
 
 

@@ -69,6 +69,9 @@ class ModelBackend(Protocol):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Denoised latents `(n, C, h, w)` -> images `(n, 3, H, W)` in [-1, 1]."""
 
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Video editing's input frames `(n, 3, H, W)` in [-1, 1] -> their latents `(n, C, h, w)` (`vae_encoder`)."""
+
 
 def open_backend(
     model: str,

@@ -110,6 +110,15 @@ def controlnet_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def pix2pix_folder(tmp_path_factory) -> Path:
+    """`pix2pix-tiny-random` as `t2v-fast model save` writes it: the folder diffusers' Instruct-Pix2Pix pipeline
+    loads (the edit tests' reference) and t2v-fast loads as a model folder."""
+    folder = tmp_path_factory.mktemp("models") / "pix2pix"
+    run_cli("model", "save", "pix2pix-tiny-random", str(folder), check=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def depth_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "tiny-depth"
     run_cli("model", "save", "dpt-tiny-random", str(folder), check=True)

@@ -133,6 +133,68 @@ def test_guided_through_the_api(app, tmp_path):
         client.predict(clip, "a lighthouse", canny_low=250, canny_high=10, steps=2, api_name="/guided")
 
 
+def _edit_clip(path):
+    """3 frames, 48×48, of shapes moving across a gradient: a small video to edit."""
+    from benchmarks.guided import moving_shape
+    from t2v_fast.core.video import write_mp4
+
+    write_mp4(moving_shape(3, 48, 48), path, 4.0)
+    return path
+
+
+def test_edit_through_the_api(app, tmp_path):
+    """`/edit`: the video and the instruction are required, the rest by name; the edited video has the input's
+    length and rate at the model's size, and its sidecar beside it under OUT/ui/."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    url, out = app
+    client = Client(url, verbose=False)
+    parameters = client.view_api(return_format="dict")["named_endpoints"]["/edit"]["parameters"]
+    names = [p["parameter_name"] for p in parameters]
+    edit = ["image_guidance", "guidance", "steps", "start", "end"]  # image guidance first, the cut last
+    assert names == ["video", "prompt", "model", *edit, "seed", "negative_prompt"]
+    assert [p["parameter_has_default"] for p in parameters] == [False, False] + [True] * (len(names) - 2)
+    clip = handle_file(str(_edit_clip(tmp_path / "shapes.mp4")))
+    path, metadata = client.predict(clip, "make it winter", steps=2, seed=5, api_name="/edit")
+    meta, frames = read_mp4(Path(path))
+    assert frames.shape == (3, 64, 64, 3) and meta["fps"] == pytest.approx(4.0)  # 48 px: the longer side at 64
+    assert (
+        metadata["seed"] == 5
+        and metadata["model"]["task"] == "edit"
+        and metadata["model"]["id"] == "pix2pix-tiny-random"
+    )
+    assert metadata["params"]["image_guidance"] == 1.5 and metadata["params"]["steps"] == 2  # the family's default
+    (sidecar,) = (out / "ui").glob("*-edit-seed5.json")
+    written = json.loads(sidecar.read_text())
+    assert sidecar.with_suffix(".mp4").is_file() and len(written["video"]["sha256"]) == 64  # the input's hash
+    # gradio_client fetches any {"path": ...} it receives, the sidecar's input video record too: the rest is equal.
+    assert {k: v for k, v in written.items() if k != "video"} == {k: v for k, v in metadata.items() if k != "video"}
+    with pytest.raises(AppError, match=r"image_guidance must be >= 1, got 0\.5"):
+        client.predict(clip, "make it winter", image_guidance=0.5, steps=2, api_name="/edit")
+    with pytest.raises(AppError, match="missing input video: upload the video to edit"):
+        client.predict(None, "make it winter", steps=2, api_name="/edit")
+
+
+def test_each_tab_offers_the_models_of_its_task(tmp_path):
+    """Text to video offers no Instruct-Pix2Pix model, video editing only those (the tiny preset first), guided
+    video Text2Video-Zero ones; by family, also for a model folder."""
+    from t2v_fast.app import App, LoadedModel, model_choices
+    from t2v_fast.core.presets import preset_configs
+
+    folder = tmp_path / "models" / "my-pix2pix"  # its configs are all the choice reads (weights: when it loads)
+    for name, config in preset_configs("pix2pix-tiny-random").items():
+        (folder / name).mkdir(parents=True)
+        (folder / name / "config.json").write_text(json.dumps(config))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionInstructPix2PixPipeline"}))
+    served = App(model_choices([], tmp_path / "models"), LoadedModel("torch", "cpu", None), tmp_path)
+    mine = str(folder)
+    assert not any("pix2pix" in m for m in served.models) and "modelscope-tiny-random" in served.models
+    assert served.edit_models == ["pix2pix-tiny-random", "pix2pix-random", mine]
+    assert served.guided_models[0] == "tiny-random" and "modelscope-tiny-random" not in served.guided_models
+    assert mine not in served.guided_models
+
+
 def test_a_modelscope_model_takes_its_defaults_and_refuses_motion(app):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
@@ -202,6 +264,7 @@ def test_every_tab_in_a_real_browser(app, tmp_path):
         try:
             _walk_through_both_tabs(page, url, out, shots)
             _guide_a_video(page, _square_clip(tmp_path / "square.mp4"), shots)
+            _edit_a_video(page, _edit_clip(tmp_path / "shapes.mp4"), shots)
         except Exception:  # leave what the page showed, for whoever reads the failure
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
             print(f"page at the failure ({tmp_path / 'failure.png'}):\n{page.locator('body').inner_text()[:3000]}")
@@ -284,6 +347,23 @@ def _guide_a_video(page, clip, shots):
     assert (width, height) == (64, 64) and duration == pytest.approx(3 / 4, abs=0.3)  # the clip's 3 frames at 4 fps
     _video_facts(page, "#guided-control")  # and the control maps it followed
     page.screenshot(path=str(shots / "ui-guided.png"), full_page=True)
+
+
+def _edit_a_video(page, clip, shots):
+    """The edit tab: upload a video, give an instruction, run, and watch the edited video."""
+    page.get_by_role("tab", name="Edit a video").click()
+    _field_reads(page, "Model (video editing)", "pix2pix-tiny-random")  # the tab's first model
+    page.locator("#edit-source input[type=file]").set_input_files(str(clip))
+    page.locator("#edit-source video").wait_for(timeout=60_000)  # uploaded: the clip plays in its field
+    _set(page, "Instruction", "make it winter")
+    page.get_by_text("Video editing options").click()
+    page.get_by_label("Steps (video editing)", exact=True).wait_for()
+    _set(page, "Steps (video editing)", "2")
+    page.get_by_role("button", name="Run video editing").click()
+    duration, width, height = _video_facts(page, "#edit-video")
+    assert (width, height) == (64, 64) and duration == pytest.approx(3 / 4, abs=0.3)  # the clip's 3 frames at 4 fps
+    page.get_by_text('"image_guidance"').first.wait_for()
+    page.screenshot(path=str(shots / "ui-edit.png"), full_page=True)
 
 
 def test_a_night_is_named_relative_to_the_served_folder(app):

@@ -5,9 +5,9 @@ import pytest
 import torch
 from conftest import assert_is_moving_video, max_pixel_diff
 
+from t2v_fast.core.chunks import plan_chunks
 from t2v_fast.core.pipeline import expand_requests
 from t2v_fast.errors import UserError
-from t2v_fast.families.text2video_zero.pipeline import plan_chunks
 
 # Batched matmuls accumulate in a different order than single-video ones: observed 1/255, bound 2/255.
 TOLERANCE = 2

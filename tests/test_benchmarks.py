@@ -331,3 +331,40 @@ def test_guided_section_is_unavailable_without_a_controlnet_preset():
     assert unavailable_reason("sd15-random", "text2video-zero") is None
     assert "no ControlNet preset fits small-random" in unavailable_reason("small-random", "text2video-zero")
     assert "runs on Text2Video-Zero models" in unavailable_reason("modelscope-tiny-random", "modelscope")
+
+
+def test_edit_section_races_the_instruct_pix2pix_recipe(tmp_path, monkeypatch):
+    """`--sections edit` at the smallest settings (tiny-random's size: pix2pix-tiny-random, 2 frames, 2 steps, one
+    repeat): diffusers' `StableDiffusionInstructPix2PixPipeline` recipe and our torch backend in one run, our frames
+    within 2/255 of the reference's, the ratios those of the same run's medians, the table; TensorRT absent says why.
+    One torch thread, as the guided section's test, for the same reason."""
+    from benchmarks.edit import STAGES, unavailable_reason
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    settings = ("--frames", "2", "--steps", "2", "--repeats", "1")
+    result = run_cli("bench", "--quick", "--sections", "edit", *settings, "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    [folder] = tmp_path.iterdir()
+    report = json.loads((folder / "results.json").read_text())
+    assert "backends" not in report and "guided" not in report and {"cpu", "cpu_cores"} <= set(report["machine"])
+    edit = report["edit"]
+    assert edit["available"] and edit["model"] == "pix2pix-tiny-random"
+    assert edit["input_video"] == {"frames": 2, "height": 64, "width": 64}
+    assert (edit["guidance"], edit["image_guidance"]) == (7.5, 1.5)
+    contenders = edit["contenders"]
+    assert tuple(contenders) == ("reference", "torch", "onnxruntime", "tensorrt")
+    reference, ours = contenders["reference"], contenders["torch"]
+    assert reference["available"] and ours["available"], (reference, ours)
+    assert ours["pixel_diff_vs_reference"]["max"] <= 2, "the torch backend renders the recipe's frames"
+    assert reference["pixel_diff_vs_reference"] == {"max": 0, "mean": 0.0}
+    for stage in STAGES:
+        theirs, mine = reference["stages"][stage]["median_s"], ours["stages"][stage]["median_s"]
+        assert ours["stage_speedups_vs_reference"][stage] == pytest.approx(theirs / mine, rel=1e-12)
+    assert ours["speedup_vs_reference"] == ours["stage_speedups_vs_reference"]["end_to_end_per_video"]
+    assert contenders["onnxruntime"]["reason"] == "not selected for this run (--quick)"
+    assert "TensorRT is not installed" in contenders["tensorrt"]["reason"]
+    table = (folder / "results.md").read_text()
+    assert "## Video editing (Instruct-Pix2Pix)" in table
+    assert "| contender | end to end | speed-up | edit step |" in table
+    assert "| reference | " in table and "| torch | " in table
+    assert "no Instruct-Pix2Pix preset of small-random's size" in unavailable_reason("small-random")

@@ -173,7 +173,7 @@ def test_batch_out_that_is_a_file_is_refused(cli, tmp_path):
 
 
 def test_progress_bar_counts_the_steps_the_user_set(cli, tmp_path):
-    from t2v_fast.families.text2video_zero.pipeline import plan_chunks
+    from t2v_fast.core.chunks import plan_chunks
     from t2v_fast.families.text2video_zero.schedule import StepPlan, resolve_t0_t1
     from t2v_fast.loading import describe_model
 

@@ -58,11 +58,12 @@ def cluster(request, tmp_path_factory):
             postgres.stop()
 
 
-def production_database_only(cluster):
-    """The two nights beside CPU burners test heartbeats and relaunches, which do not depend on the database; they
-    run on PostgreSQL, the production one, and not again on SQLite, to keep `make test` within its half hour."""
+def production_database_only(cluster, night: str):
+    """The killed shard's night and the two beside CPU burners test retries, heartbeats and relaunches; they run on
+    PostgreSQL, the production one, and not again on SQLite, to keep `make test` within its half hour. SQLite runs
+    the frozen node's night, which also checks any night's fan-out and report."""
     if cluster.database_url is None:
-        pytest.skip("a loaded night runs on PostgreSQL only (the production database); SQLite runs the other nights")
+        pytest.skip(f"{night} runs on PostgreSQL only (the production database); SQLite runs the frozen node's night")
 
 
 def trigger(cluster, manifest, out, wait=True, **parameters):
@@ -110,6 +111,7 @@ def _wait_for_night(cluster, run_id, timeout):
 
 
 def test_killed_shard_then_second_night_completes_every_row_once(cluster, tmp_path):
+    production_database_only(cluster, "the killed shard's night")
     manifest = tmp_path / "night.csv"
     manifest.write_text(MANIFEST)
     out = tmp_path / "shared-out"
@@ -172,7 +174,7 @@ def _assert_clean(out):
 def test_a_dead_node_s_rows_move_to_the_live_node_the_same_night(cluster, tmp_path):
     """SIGKILL a render node's worker and every process under it, mid-shard, with the machine oversubscribed (three
     CPU-burning processes beside the cluster): nobody reports anything."""
-    production_database_only(cluster)
+    production_database_only(cluster, "a loaded night")
     manifest = tmp_path / "night.csv"
     manifest.write_text(MANIFEST)
     out = tmp_path / "shared-out"
@@ -222,7 +224,7 @@ SHORT_LEASE_SECONDS = 4
 def test_a_short_lease_night_on_an_oversubscribed_machine_declares_no_node_dead(cluster, tmp_path):
     """The failure of issue 22: three CPU-burning processes beside two rendering nodes and a lease of a few seconds,
     and nobody dies: no node is taken for dead, every valid row is `done` and rendered once."""
-    production_database_only(cluster)
+    production_database_only(cluster, "a loaded night")
     manifest = tmp_path / "night.csv"
     manifest.write_text(MANIFEST)
     out = tmp_path / "shared-out"
@@ -294,8 +296,7 @@ def test_a_frozen_node_taken_for_dead_is_a_false_alarm_and_every_row_it_rendered
 def test_a_night_of_plain_and_guided_rows_renders_on_the_gpu_workers(cluster, tmp_path):
     """Guided rows through the real deployments and workers: the night's ControlNet reaches every shard, and the rows
     travel to them as JSON with their control videos. Its rules do not depend on the database: PostgreSQL only."""
-    if cluster.database_url is None:
-        pytest.skip("a guided night runs on PostgreSQL only (the production database); SQLite runs the other nights")
+    production_database_only(cluster, "a guided night")
     from benchmarks.guided import moving_shape
     from t2v_fast.core.video import write_mp4
 

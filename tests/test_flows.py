@@ -177,3 +177,28 @@ def test_nightly_renders_plain_and_guided_rows_of_one_manifest(harness, tmp_path
     assert read_mp4(out / "edges.mp4")[1].shape[0] == 2
     assert json.loads((out / "plain.json").read_text())["model"]["task"] == "text-to-video"
     assert nightly(str(manifest), str(out), **options) == {"done": 0, "skipped": 3, "failed": 0, "rejected": 0}
+
+
+@pytest.mark.server  # the harness: a real, temporary Prefect API
+def test_nightly_renders_a_manifest_of_edit_rows(harness, tmp_path):
+    """Edit rows travel to the shards as JSON and come back typed (video editing's settings); a row without its
+    video is rejected with its column, before the model loads."""
+    from benchmarks.guided import moving_shape
+    from flows.nightly import nightly
+    from t2v_fast.core.video import write_mp4
+
+    write_mp4(moving_shape(3, 48, 64), tmp_path / "walk.mp4", fps=8)
+    manifest = tmp_path / "edits.csv"
+    manifest.write_text(
+        "id,prompt,video,image_guidance,frames\nwinter,make it winter,walk.mp4,,\n"
+        "gogh,in Van Gogh style,walk.mp4,1.2,2\nno-video,make it night,,,\n"
+    )
+    out = tmp_path / "out"
+    options = dict(model="pix2pix-tiny-random", shard_size=1, defaults={"steps": 2})
+    assert nightly(str(manifest), str(out), **options) == {"done": 2, "skipped": 0, "failed": 0, "rejected": 1}
+    gogh = json.loads((out / "gogh.json").read_text())
+    assert (gogh["model"]["task"], gogh["params"]["image_guidance"], gogh["params"]["frames"]) == ("edit", 1.2, 2)
+    assert read_mp4(out / "winter.mp4")[1].shape == (3, 48, 64, 3)
+    rejected = {row["id"]: row for row in read_csv(out / "results.csv")}["no-video"]
+    assert rejected["status"] == "rejected" and "video" in rejected["reason"]
+    assert nightly(str(manifest), str(out), **options) == {"done": 0, "skipped": 2, "failed": 0, "rejected": 1}

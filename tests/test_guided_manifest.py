@@ -29,7 +29,7 @@ def _night(folder, rows: str):
     return manifest
 
 
-def _results(out) -> dict[str, dict[str, str]]:
+def results_by_id(out) -> dict[str, dict[str, str]]:
     with (out / "results.csv").open() as handle:
         return {row["id"]: row for row in csv.DictReader(handle)}
 
@@ -87,7 +87,7 @@ def test_a_mixed_night_renders_then_skips_until_a_control_video_changes(
     ]  # fmt: skip
     first = cli(*args)
     assert first.returncode == 0, first.stderr  # rejected rows are reported; the rest render
-    results = _results(out)
+    results = results_by_id(out)
     assert {k: results[k]["status"] for k in ("plain", "walk", "walk-depth", "other")} == dict.fromkeys(
         ("plain", "walk", "walk-depth", "other"), "done"
     )
@@ -103,7 +103,7 @@ def test_a_mixed_night_renders_then_skips_until_a_control_video_changes(
 
     second = cli(*args)
     assert second.returncode == 0, second.stderr
-    assert {k: r["status"] for k, r in _results(out).items() if r["status"] != "rejected"} == dict.fromkeys(
+    assert {k: r["status"] for k, r in results_by_id(out).items() if r["status"] != "rejected"} == dict.fromkeys(
         ("plain", "walk", "walk-depth", "other"), "skipped"
     )
     # The same path with another video in it is another request: its rows render again, the others stay done.
@@ -111,7 +111,7 @@ def test_a_mixed_night_renders_then_skips_until_a_control_video_changes(
     before = (out / "other.mp4").stat().st_mtime_ns
     third = cli(*args)
     assert third.returncode == 0, third.stderr
-    statuses = {k: r["status"] for k, r in _results(out).items() if r["status"] != "rejected"}
+    statuses = {k: r["status"] for k, r in results_by_id(out).items() if r["status"] != "rejected"}
     assert statuses == {"plain": "skipped", "walk": "done", "walk-depth": "done", "other": "skipped"}
     assert (out / "other.mp4").stat().st_mtime_ns == before
 

@@ -1,6 +1,6 @@
 """The seams a new mode crosses: "already rendered" by request hash (old nights stay done), family and task read from
-the checkpoint (an Instruct-Pix2Pix UNet is not taken for Text2Video-Zero), QC outside `generate`, and a stochastic
-scheduler's step noise drawn from each video's generator."""
+the checkpoint (an Instruct-Pix2Pix UNet is not taken for Text2Video-Zero, nor the reverse), QC outside `generate`,
+and a stochastic scheduler's step noise drawn from each video's generator."""
 
 import dataclasses
 import json
@@ -78,14 +78,17 @@ def folder_shaped_like(tiny_folder, tmp_path):
 @pytest.mark.parametrize(
     ("component", "changes", "message"),
     [
-        ("unet", {"in_channels": 8}, "twice the VAE's 4 latent channels: an Instruct-Pix2Pix model (video editing)"),
-        ("model_index", {"_class_name": "StableDiffusionInstructPix2PixPipeline"}, "an Instruct-Pix2Pix model"),
+        (
+            "model_index",
+            {"_class_name": "StableDiffusionInstructPix2PixPipeline"},
+            "says it is a StableDiffusionInstructPix2PixPipeline (model_index.json), but its UNet is a Text2Video-Zero",
+        ),
         ("model_index", {"controlnet": ["diffusers", "ControlNetModel"]}, "a ControlNet pipeline folder"),
-        ("unet", {"in_channels": 5}, "a UNet taking 5 input channels, but its VAE gives 4"),
+        ("unet", {"in_channels": 5}, "taking 5 input channels fits no family for a VAE of 4 latent channels"),
     ],
-    ids=["pix2pix unet", "pix2pix pipeline", "controlnet", "odd channels"],
+    ids=["pix2pix pipeline, 4-channel unet", "controlnet", "odd channels"],
 )
-def test_a_checkpoint_of_a_task_not_written_yet_is_refused_before_loading(
+def test_a_checkpoint_no_family_runs_as_it_is_is_refused_before_loading(
     folder_shaped_like, cli, component, changes, message
 ):
     folder = folder_shaped_like(component, **changes)
@@ -94,6 +97,16 @@ def test_a_checkpoint_of_a_task_not_written_yet_is_refused_before_loading(
     result = cli("generate", "a cat", "--model", str(folder), "--out", str(folder / "x.mp4"), "--quiet")
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (folder / "x.mp4").exists()
+
+
+def test_an_8_channel_unet_is_read_as_instruct_pix2pix_and_asks_for_a_video(folder_shaped_like, cli):
+    """The UNet's input channels tell Instruct-Pix2Pix apart where its class does not (both are SD 1.5's)."""
+    folder = folder_shaped_like("unet", in_channels=8)
+    card = describe_model(str(folder))
+    assert (card.family, card.task) == ("instruct-pix2pix", "edit")
+    result = cli("generate", "a cat", "--model", str(folder), "--out", str(folder / "x.mp4"), "--quiet")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "is an Instruct-Pix2Pix model (video editing): give the input video to edit" in result.stderr
 
 
 def test_the_task_is_read_from_the_checkpoint_and_recorded(pipeline):
@@ -137,6 +150,15 @@ FORMAT_1_DEFAULTS = {
         "motion_y": 12.0,
     },
     "modelscope": {"frames": 16, "steps": 50, "guidance": 9.0, "fps": 8.0, **FAST_MODE_OFF},
+    # Added after format 1 was written, so no earlier sidecar has its hash: its defaults from its first night on.
+    "instruct-pix2pix": {
+        "steps": 50,
+        "guidance": 7.5,
+        **FAST_MODE_OFF,
+        "start": 0.0,
+        "image_guidance": 1.5,
+        "chunk_size": 8,
+    },
 }
 
 

@@ -1,10 +1,10 @@
 """`t2v-fast check`: every backend available here against PyTorch, component by component, on the same inputs.
 
-Each backend is called through the pipeline's own interface (encode_text, predict_noise, decode_latents, fast mode's
-predict_noise_caching and predict_noise_cached where the export has its graphs, and guided video's
-predict_noise_guided where it has `unet_controlnet`), so what is checked is exactly what generation runs. The
-reference is the source model (with the export's ControlNet) in float32 on the CPU, after checking that its weights
-are the ones the engine directory was exported from.
+Each backend is called through the pipeline's own interface (encode_text, predict_noise, decode_latents, video
+editing's encode_images where the export has `vae_encoder`, fast mode's predict_noise_caching and predict_noise_cached
+where it has their graphs, and guided video's predict_noise_guided where it has `unet_controlnet`), so what is checked
+is exactly what generation runs. The reference is the source model (with the export's ControlNet) in float32 on the
+CPU, after checking that its weights are the ones the engine directory was exported from.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from t2v_fast.core.deepcache import EXPORTED_BRANCH
 from t2v_fast.core.engine_dir import EngineDir
 from t2v_fast.core.models import load_components
 from t2v_fast.core.networks import DECODE_BATCH_SIZE, NETWORKS, dims
+from t2v_fast.core.profiles import guidance_conditions, unet_frame_counts
 from t2v_fast.errors import UserError
 from t2v_fast.runtime import ModelBackend
 
@@ -31,11 +32,12 @@ from t2v_fast.runtime import ModelBackend
 # UNet: 5e-2 on an output of RMS ~1), and so does the VAE decoder's (as deep: torch's own fp16 decoder reaches 2.0e-2
 # against fp32 on modelscope-tiny-random); the text encoder is shallower. Fast mode's graphs are the UNet's layers
 # (the cached one fewer of them): the UNet's tolerance; so is guided video's, the UNet with the ControlNet's residuals
-# (a network as deep as its encoder half) added in.
+# (a network as deep as its encoder half) added in. Video editing's VAE encoder mirrors the decoder: the decoder's.
 UNETS = ("unet", "unet_caching", "unet_cached", "unet_controlnet")
+VAES = ("vae_decoder", "vae_encoder")
 DEFAULT_TOLERANCES = {
-    "fp32": {"text_encoder": 1e-4, "vae_decoder": 1e-4, **dict.fromkeys(UNETS, 1e-4)},
-    "fp16": {"text_encoder": 2e-2, "vae_decoder": 5e-2, **dict.fromkeys(UNETS, 5e-2)},
+    "fp32": {"text_encoder": 1e-4, **dict.fromkeys(VAES, 1e-4), **dict.fromkeys(UNETS, 1e-4)},
+    "fp16": {"text_encoder": 2e-2, **dict.fromkeys(VAES, 5e-2), **dict.fromkeys(UNETS, 5e-2)},
 }
 
 
@@ -77,8 +79,10 @@ class Case:
 
 def _cases(engine_dir: EngineDir, seed: int, reference: TorchBackend) -> list[Case]:
     """Calls of every shape generation makes, on fixed random inputs (shapes from the network table): the text batch
-    of a guided call (with a repeated prompt) and of one prompt; the UNet at all frames with and without guidance and
-    at the first frame alone; a full and a one-image VAE batch. With fast mode's graphs, also a guided call at all
+    of a guided call (with a repeated prompt) and of one prompt; the UNet with guidance (its guider's batch,
+    `guidance_conditions`) at each frame count the family sends (`unet_frame_counts`: all frames, and Text2Video-Zero's
+    first frame alone) and without guidance at all frames; a full and a one-image VAE batch, through the decoder and
+    (video editing) the encoder. With fast mode's graphs, also a guided call at all
     frames of each: the full step's noise and feature, and the cached step on the feature the reference cached. With
     guided video's `unet_controlnet`, its calls at all frames with and without guidance (control maps in [0, 1],
     the ControlNet's scale 1)."""
@@ -86,6 +90,7 @@ def _cases(engine_dir: EngineDir, seed: int, reference: TorchBackend) -> list[Ca
     videos, frames = settings.videos, settings.frames
     assert frames is not None  # an export records its resolved frame count
     images = min(frames * videos, DECODE_BATCH_SIZE)
+    guided_batch = guidance_conditions(info) * videos
 
     def inputs(component: str, batch: int, count: int, decoded: int) -> dict[str, torch.Tensor]:
         height, width = settings.height or info.native_size, settings.width or info.native_size
@@ -110,6 +115,10 @@ def _cases(engine_dir: EngineDir, seed: int, reference: TorchBackend) -> list[Ca
         latents = inputs("vae_decoder", 1, 1, decoded)["latents"]
         return lambda b: b.decode_latents(cast(b, latents))
 
+    def encoder(encoded: int) -> Callable[[ModelBackend], torch.Tensor]:
+        pixels = inputs("vae_encoder", 1, 1, encoded)["images"]
+        return lambda b: b.encode_images(cast(b, pixels))
+
     def guided(batch: int, count: int) -> Callable[[ModelBackend], torch.Tensor]:
         made = inputs("unet_controlnet", batch, count, 1)
         sample, timestep, hidden = made["sample"], made["timestep"], made["encoder_hidden_states"]
@@ -119,22 +128,26 @@ def _cases(engine_dir: EngineDir, seed: int, reference: TorchBackend) -> list[Ca
         )
 
     cases = [
-        Case("text_encoder", f"batch={2 * videos}", text(2 * videos)),
+        Case("text_encoder", f"batch={guided_batch}", text(guided_batch)),
         Case("text_encoder", "batch=1", text(1)),
-        Case("unet", f"frames={frames},batch={2 * videos}", unet(2 * videos, frames)),
-        Case("unet", f"frames=1,batch={2 * videos}", unet(2 * videos, 1)),
+        *(
+            Case("unet", f"frames={count},batch={guided_batch}", unet(guided_batch, count))
+            for count in sorted(unet_frame_counts(info, frames), reverse=True)
+        ),
         Case("unet", f"frames={frames},batch={videos}", unet(videos, frames)),
         Case("vae_decoder", f"images={images}", vae(images)),
         Case("vae_decoder", "images=1", vae(1)),
     ]
+    if "vae_encoder" in engine_dir.networks:
+        cases += [Case("vae_encoder", f"images={images}", encoder(images)), Case("vae_encoder", "images=1", encoder(1))]
     if "unet_controlnet" in engine_dir.networks:
         cases += [
-            Case("unet_controlnet", f"frames={frames},batch={2 * videos}", guided(2 * videos, frames)),
+            Case("unet_controlnet", f"frames={frames},batch={guided_batch}", guided(guided_batch, frames)),
             Case("unet_controlnet", f"frames={frames},batch={videos}", guided(videos, frames)),
         ]
     if "unet_caching" not in engine_dir.networks:
         return cases
-    made = inputs("unet", 2 * videos, frames, 1)
+    made = inputs("unet", guided_batch, frames, 1)
     sample, timestep, hidden = made["sample"], made["timestep"], made["encoder_hidden_states"]
     feature = reference.predict_noise_caching(sample, timestep, hidden, EXPORTED_BRANCH)[1]
 
@@ -144,7 +157,7 @@ def _cases(engine_dir: EngineDir, seed: int, reference: TorchBackend) -> list[Ca
     def cached(b: ModelBackend) -> torch.Tensor:
         return b.predict_noise_cached(cast(b, sample), timestep, cast(b, hidden), cast(b, feature), EXPORTED_BRANCH)
 
-    shape = f"frames={frames},batch={2 * videos}"
+    shape = f"frames={frames},batch={guided_batch}"
     return [
         *cases,
         Case("unet_caching", f"noise,{shape}", caching(0)),

@@ -294,3 +294,7 @@ class OnnxRuntimeBackend:
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self._run("vae_decoder", latents=latents)[0]
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Video editing's input frames through `vae_encoder`, bound in place like the decoder's latents."""
+        return self._run("vae_encoder", images=images)[0]

@@ -3,8 +3,9 @@
 Split as in NVIDIA's TensorRT diffusion demo: building is `export.tensorrt_build` (ONNX -> engine, strongly typed,
 with optimisation profiles from `t2v_fast.core.profiles` and a timing cache), `TrtEngine` (one engine, one execution
 context per profile, named I/O bound to device buffers, CUDA graphs per shape for fixed-shape profiles) and
-`TensorRTBackend` (three engines, five with fast mode's, one more with guided video's `unet_controlnet`, on one CUDA
-stream, sharing one block of device memory).
+`TensorRTBackend` (an engine per network of the export: three for text to video, four for video editing with its VAE
+encoder, two more with fast mode's, one more with guided video's `unet_controlnet`, on one CUDA stream, sharing one
+block of device memory).
 Engines are recorded in `engine.json`; loading refuses an engine whose ONNX or model hash, TensorRT version, GPU or
 precision does not match.
 
@@ -216,7 +217,8 @@ class TrtEngine:
 
 
 class TensorRTBackend:
-    """Text encoder, UNet and VAE decoder engines of an engine directory, on one CUDA stream and one memory block.
+    """Text encoder, UNet and VAE decoder engines of an engine directory (and video editing's VAE encoder), on one
+    CUDA stream and one memory block.
 
     With an export's fast graphs (`t2v-fast export --fast`), fast mode runs two engines more, `unet_caching` and
     `unet_cached`, rather than one engine for both steps: an engine runs its whole network on every enqueue, so a
@@ -326,3 +328,7 @@ class TensorRTBackend:
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self.engines["vae_decoder"](latents=latents)[0]
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Video editing's input frames through the `vae_encoder` engine (built for exports whose task has it)."""
+        return self.engines["vae_encoder"](images=images)[0]

@@ -63,6 +63,7 @@ class TorchBackend:
         self.text_encoder = NETWORKS["text_encoder"].build(components)
         self.unet = NETWORKS["unet"].build(components)
         self.vae = NETWORKS["vae_decoder"].build(components)
+        self.vae_encoder = NETWORKS["vae_encoder"].build(components)  # video editing's; over the same VAE
         # Guided video's step, over the same UNet module (weights and memory savings shared).
         self.unet_controlnet = NETWORKS["unet_controlnet"].build(components) if components.controlnet else None
         if feed_forward_chunk:
@@ -134,3 +135,7 @@ class TorchBackend:
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae(latents)
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vae_encoder(images)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from t2v_fast.annotators import DEFAULT_DEPTH_MODEL
 from t2v_fast.core.families import (
+    GUIDED,
     TASKS,
     TEXT_TO_VIDEO,
     all_params,
@@ -29,14 +30,14 @@ from t2v_fast.core.families import (
     task_named,
     task_of_inputs,
 )
+from t2v_fast.core.input_params import INPUT_TITLES, probe_input
 from t2v_fast.core.params import CommonParams, ParamProblem, ParamRequest, raise_problems, request_problems
 from t2v_fast.core.video_input import content_sha256
 from t2v_fast.errors import UserError
-from t2v_fast.families.guided.control import probe_control
 
 if TYPE_CHECKING:
+    from t2v_fast.core.input_params import InputVideoParams
     from t2v_fast.core.models import ModelCard
-    from t2v_fast.families.guided.params import GuidedParams
 
 # Column -> type of every typed column: the request's own, and each generation parameter's, from its metadata.
 TYPED_COLUMNS: dict[str, type] = {
@@ -195,7 +196,11 @@ def parse_manifest(
             problems.append(Problem(number, "id", f"duplicate id {row_id!r} (first at row {first_row_of[row_id]})"))
         inputs, input_problems = _input_videos(number, values, path.parent)
         problems += input_problems
-        task = task_of_inputs(inputs)
+        try:
+            task = task_of_inputs(inputs)
+        except UserError as error:  # a control video and a video to edit: two tasks' inputs
+            problems.append(Problem(number, next(iter(inputs)), str(error)))
+            task = TEXT_TO_VIDEO  # the row is rejected; its parameters are still checked
         if task.name not in model.tasks and task.families and model.family in task.families:
             problems.append(Problem(number, task.input_videos[0], f"{task.title} needs a ControlNet for the run"))
         resolved, param_problems = model.check(
@@ -206,11 +211,11 @@ def parse_manifest(
         if not problems and resolved is not None:
             try:
                 for column, video in inputs.items():
-                    probe_control(video, cast("GuidedParams", resolved))
+                    probe_input(video, cast("InputVideoParams", resolved), INPUT_TITLES[column])
                     hashes[column] = content_sha256(video)
-                if inputs:  # another ControlNet (or depth model) makes another video of the same request
+                if task is GUIDED:  # another ControlNet (or depth model) makes another video of the same request
                     hashes["controlnet"] = model.controlnet
-                if inputs and getattr(resolved, "annotator", None) == "depth":
+                if task is GUIDED and getattr(resolved, "annotator", None) == "depth":
                     hashes["depth_model"] = depth_model or DEFAULT_DEPTH_MODEL
             except UserError as error:
                 problems.append(Problem(number, next(iter(inputs)), str(error)))

@@ -20,7 +20,7 @@ from typing import Any
 from t2v_fast.atomic import atomic_path
 from t2v_fast.core.families import FAMILIES, TASKS, TEXT_TO_VIDEO
 from t2v_fast.core.models import ModelCard
-from t2v_fast.core.networks import COMPONENTS, FAST_NETWORKS, GUIDED_NETWORKS
+from t2v_fast.core.networks import FAST_NETWORKS, GUIDED_NETWORKS
 from t2v_fast.errors import UserError
 
 ENGINE_JSON = "engine.json"
@@ -208,11 +208,12 @@ class EngineDir:
 
     @property
     def networks(self) -> tuple[str, ...]:
-        """The networks exported here, each a component of `engine.json`: fast mode's two only with `--fast`, guided
-        video's `unet_controlnet` only with `--controlnet` (the card then records the ControlNet)."""
+        """The networks exported here, each a component of `engine.json`: the model's task's (`Task.networks`), fast
+        mode's two only with `--fast`, guided video's `unet_controlnet` only with `--controlnet` (the card then
+        records the ControlNet)."""
         fast = FAST_NETWORKS if self.export_settings.fast else ()
         guided = GUIDED_NETWORKS if self.manifest["model_info"].get("controlnet") else ()
-        return (*COMPONENTS, *fast, *guided)
+        return (*self.card.task_record.networks, *fast, *guided)
 
     def controlnet_for(self, controlnet: str | None) -> str | None:
         """The ControlNet a run of these graphs has when it asks for `controlnet` (None: whatever was exported): the

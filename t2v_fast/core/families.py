@@ -4,9 +4,10 @@
   training, by motion in the latent codes and cross-frame attention; `modelscope`, ModelScope text-to-video 1.7B, a
   video UNet (`UNet3DConditionModel`) trained on video, whose reference is diffusers' `TextToVideoSDPipeline`.
 - Tasks, beside the family: what a run makes from what — the networks it needs, the input videos it takes and its
-  guidance. `text-to-video`, every checkpoint's own; `guided`, a Text2Video-Zero base with a ControlNet following a
-  control video, chosen per request by giving one (`Task.input_videos`). Video editing (Instruct-Pix2Pix) is a row to
-  come, and a checkpoint shaped for it is refused, saying so, rather than run as something else.
+  guidance. `text-to-video`, the text-to-video checkpoints' own; `guided`, a Text2Video-Zero base with a ControlNet
+  following a control video, chosen per request by giving one (`Task.input_videos`); `edit`, an Instruct-Pix2Pix
+  checkpoint's own (family `instruct-pix2pix`: a Stable Diffusion 1.5 UNet taking an input frame's latents beside
+  the noise), editing an input video by an instruction.
 
 A model's family and task follow from its `model_index.json` and component configs (`identify`), so a folder, a hub
 id, a preset and an engine directory say what they are without a flag. This module imports nothing heavy: the
@@ -16,12 +17,13 @@ command line reads it (and the parameter metadata) for `--help`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from t2v_fast.core.params import CommonParams, ParamInfo, param_infos
 from t2v_fast.errors import UserError
 from t2v_fast.families.guided.params import GuidedParams
+from t2v_fast.families.instruct_pix2pix.params import EditParams
 from t2v_fast.families.text2video_zero.params import TextToVideoZeroParams
 
 
@@ -33,6 +35,7 @@ class Family:
     pipeline_class: str  # diffusers pipeline class written to model_index.json when saving
     defaults: Mapping[str, Any]  # parameters whose default differs from family to family
     params: type[CommonParams]  # the family's settings: the common parameters and its own
+    task: str = "text-to-video"  # its checkpoints' own task (`TASKS`)
 
 
 @dataclass(frozen=True)
@@ -87,15 +90,33 @@ GUIDED = Task(
     params=GuidedParams,
     defaults={"steps": 20, "guidance": 9.0, "frames": None, "fps": None},
 )
-FAMILIES = {family.name: family for family in (TEXT2VIDEO_ZERO, MODELSCOPE)}
-TASKS = {task.name: task for task in (TEXT_TO_VIDEO, GUIDED)}
-# Checkpoints shaped for a task not written yet, by what gives them away, with what to say.
-NOT_YET = {
+# Instruct-Pix2Pix as the original Text2Video-Zero system runs it (diffusers' pipeline with cross-frame attention):
+# the checkpoint's Euler ancestral scheduler, 50 steps, guidance 7.5, image guidance 1.5, chunks of 8 frames; the
+# length, rate and size are the input video's (None: no default of the family's).
+INSTRUCT_PIX2PIX = Family(
+    name="instruct-pix2pix",
+    title="Instruct-Pix2Pix",
+    unet_class="UNet2DConditionModel",
+    pipeline_class="StableDiffusionInstructPix2PixPipeline",
+    defaults={"frames": None, "fps": None, "guidance": 7.5, "image_guidance": 1.5, "chunk_size": 8},
+    params=EditParams,
+    task="edit",
+)
+EDIT = Task(
+    name="edit",
+    title="video editing",
+    networks=("text_encoder", "unet", "vae_encoder", "vae_decoder"),
+    input_videos=("video",),
+    guidance="three-way",
+    unet_inputs_per_latent=2,
+    families=(INSTRUCT_PIX2PIX.name,),
+)
+FAMILIES = {family.name: family for family in (TEXT2VIDEO_ZERO, MODELSCOPE, INSTRUCT_PIX2PIX)}
+TASKS = {task.name: task for task in (TEXT_TO_VIDEO, GUIDED, EDIT)}
+# Checkpoints t2v-fast runs in another shape, by what gives them away, with what to say.
+NOT_RUN_AS_IS = {
     "controlnet": (
         "a ControlNet pipeline folder; give its base model and its ControlNet apart (--controlnet FOLDER/controlnet)"
-    ),
-    "StableDiffusionInstructPix2PixPipeline": (
-        "an Instruct-Pix2Pix model (video editing), which t2v-fast does not run yet"
     ),
 }
 
@@ -112,37 +133,44 @@ def task_named(name: str) -> Task:
     return TASKS[name]
 
 
-def family_of_unet(unet_config: Mapping[str, Any]) -> Family:
-    """The family of a UNet config (a diffusers `config.json`, or a preset's config with its `_class_name`)."""
+def family_of_unet(unet_config: Mapping[str, Any], latent_channels: int = 4) -> Family:
+    """The family of a UNet config (a diffusers `config.json`, or a preset's config with its `_class_name`): by its
+    class, and by its input channels where the class does not tell (Instruct-Pix2Pix's UNet is Stable Diffusion's,
+    taking an image's latents beside the noise: twice the VAE's `latent_channels`)."""
     unet_class = unet_config.get("_class_name", TEXT2VIDEO_ZERO.unet_class)
-    for family in FAMILIES.values():
-        if family.unet_class == unet_class:
+    same_class = [family for family in FAMILIES.values() if family.unet_class == unet_class]
+    if not same_class:
+        raise UserError(f"unsupported UNet class {unet_class!r}; t2v-fast runs {', '.join(FAMILIES)} models")
+    inputs = unet_config.get("in_channels", 4)
+    for family in same_class:
+        if inputs == latent_channels * TASKS[family.task].unet_inputs_per_latent:
             return family
-    raise UserError(f"unsupported UNet class {unet_class!r}; t2v-fast runs {', '.join(FAMILIES)} models")
+    raise UserError(
+        f"a {unet_class} taking {inputs} input channels fits no family for a VAE of {latent_channels} latent channels"
+    )
 
 
 def identify(
     model: str, model_index: Mapping[str, Any], unet_config: Mapping[str, Any], vae_config: Mapping[str, Any]
 ) -> tuple[Family, Task]:
-    """The family and task of a checkpoint, from its `model_index.json` and its UNet's and VAE's configs.
-
-    The UNet's input channels tell the task apart where the classes do not: Instruct-Pix2Pix is a
-    `UNet2DConditionModel` too, but takes the video's latents beside the noise (8 channels for a 4-channel VAE)."""
-    for key, what in NOT_YET.items():
-        if key in model_index or model_index.get("_class_name") == key:
+    """The family and task of a checkpoint, from its `model_index.json` and its UNet's and VAE's configs: by the
+    UNet (`family_of_unet`). A pipeline class naming a family whose task takes an input video needs that family's
+    UNet; a plain pipeline class does not decide (an Instruct-Pix2Pix UNet saved as a `StableDiffusionPipeline` is
+    still one)."""
+    for key, what in NOT_RUN_AS_IS.items():
+        if key in model_index:
             raise UserError(f"{model!r} is {what}")
-    family = family_of_unet(unet_config)
-    latent = vae_config.get("latent_channels", 4)
-    inputs = unet_config.get("in_channels", 4)
-    for task in TASKS.values():  # a checkpoint's own task; those with input videos are chosen per request
-        if not task.input_videos and inputs == latent * task.unet_inputs_per_latent:
-            return family, task
-    if inputs == 2 * latent:
+    try:
+        family = family_of_unet(unet_config, vae_config.get("latent_channels", 4))
+    except UserError as error:
+        raise UserError(f"{model!r}: {error}") from None
+    pipeline_class = model_index.get("_class_name")
+    named = [f for f in FAMILIES.values() if f.pipeline_class == pipeline_class and TASKS[f.task].input_videos]
+    if named and family not in named:
         raise UserError(
-            f"{model!r} has a UNet taking {inputs} input channels, twice the VAE's {latent} latent channels:"
-            f" {NOT_YET['StableDiffusionInstructPix2PixPipeline']}"
+            f"{model!r} says it is a {pipeline_class} (model_index.json), but its UNet is a {family.title} one"
         )
-    raise UserError(f"{model!r} has a UNet taking {inputs} input channels, but its VAE gives {latent}")
+    return family, TASKS[family.task]
 
 
 def settings_of(family: Family, task: Task) -> tuple[type[CommonParams], dict[str, Any], str]:
@@ -168,15 +196,17 @@ def param_owners() -> dict[str, str]:
 
 
 def all_params() -> tuple[ParamInfo, ...]:
-    """Every parameter of every family, common ones first, each once, with its owner, those of a section (fast
-    mode) last: for the command line, the manifest columns and the web app."""
+    """Every parameter of every family, common ones first, each once, with its owners (those that share one, e.g.
+    the input video's cut, joined: "guided video and Instruct-Pix2Pix"), those of a section (fast mode, guided video)
+    last: for the command line, the manifest columns and the web app."""
     found: dict[str, ParamInfo] = {}
-    for family in FAMILIES.values():
-        for info in param_infos(family.params, family.title):
-            found.setdefault(info.name, info)
-    for task in TASKS.values():
-        for info in param_infos(task.params, task.title) if task.params else ():
-            found.setdefault(info.name, info)
+    owned = [(family.params, family.title) for family in FAMILIES.values()]
+    owned += [(task.params, task.title) for task in TASKS.values() if task.params]
+    for settings, owner in owned:
+        for info in param_infos(settings, owner):
+            known = found.setdefault(info.name, info)
+            if info.owner and known.owner and info.owner not in known.owner.split(" and "):
+                found[info.name] = replace(known, owner=f"{known.owner} and {info.owner}")
     return tuple(sorted(found.values(), key=lambda info: info.section != ""))
 
 
@@ -186,9 +216,10 @@ INPUT_VIDEOS = "the input video's"  # a task default of None: the request's inpu
 def defaults_by_family(param: str) -> str:
     """A parameter's default in every family that has one, and where a task has its own, for help texts: "8 for
     Text2Video-Zero, 16 for ..., the control video's for guided video"."""
-    found = [f"{f.defaults[param]:g} for {f.title}" for f in FAMILIES.values() if param in f.defaults]
-    for task in TASKS.values():
-        if param in task.defaults:
-            value = task.defaults[param]
-            found.append(f"{INPUT_VIDEOS if value is None else f'{value:g}'} for {task.title}")
+    found = [f"{_default_words(f.defaults[param])} for {f.title}" for f in FAMILIES.values() if param in f.defaults]
+    found += [f"{_default_words(t.defaults[param])} for {t.title}" for t in TASKS.values() if param in t.defaults]
     return ", ".join(found)
+
+
+def _default_words(value: Any) -> str:
+    return INPUT_VIDEOS if value is None else f"{value:g}"

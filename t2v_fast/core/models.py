@@ -24,6 +24,7 @@ from t2v_fast.core.choices import DTYPE_NAMES
 from t2v_fast.core.deepcache import EXPORTED_BRANCH, branch_count, feature_channels
 from t2v_fast.core.families import (
     GUIDED,
+    INSTRUCT_PIX2PIX,
     TEXT2VIDEO_ZERO,
     TEXT_TO_VIDEO,
     Family,
@@ -156,7 +157,8 @@ class ModelCard:
             "vae": dict(components.vae.config),
             "text_encoder": components.text_encoder.config.to_dict(),
         }
-        model_index = {"_class_name": family_of_unet(configs["unet"]).pipeline_class}
+        latent_channels = configs["vae"].get("latent_channels", 4)
+        model_index = {"_class_name": family_of_unet(configs["unet"], latent_channels).pipeline_class}
         card = cls.from_configs(
             components.model_id,
             model_index,
@@ -207,6 +209,10 @@ class ModelCard:
         problem."""
         family = self.family_record
         task = task or self.task_record
+        own = self.task_record
+        if family.name not in task.families and own.input_videos and not task.input_videos:
+            message = f"{self.model_id!r} is an {family.title} model ({own.title}): give the input video to edit"
+            return None, [ParamProblem(own.input_videos, message)]
         if family.name not in task.families:
             message = f"{task.title} runs {', '.join(family_named(f).title for f in task.families)} models, and"
             message += f" {self.model_id!r} is {family.title}"
@@ -370,7 +376,8 @@ def load_components(
 
 def save_components(components: ModelComponents, folder: str | Path) -> Path:
     """Write a diffusers-format folder that diffusers' own pipelines load too: `StableDiffusionPipeline` (and
-    `TextToVideoZeroPipeline`) for Text2Video-Zero, `TextToVideoSDPipeline` for ModelScope."""
+    `TextToVideoZeroPipeline`) for Text2Video-Zero, `TextToVideoSDPipeline` for ModelScope,
+    `StableDiffusionInstructPix2PixPipeline` for Instruct-Pix2Pix."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     components.tokenizer.save_pretrained(folder / "tokenizer")
@@ -388,7 +395,7 @@ def save_components(components: ModelComponents, folder: str | Path) -> Path:
         "unet": ["diffusers", family.unet_class],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    if family is TEXT2VIDEO_ZERO:
+    if family in (TEXT2VIDEO_ZERO, INSTRUCT_PIX2PIX):  # Stable Diffusion's pipelines, which load a safety checker
         _save_placeholder_safety_checker(folder)
         model_index |= {
             "feature_extractor": ["transformers", "CLIPImageProcessor"],

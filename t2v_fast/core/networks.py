@@ -19,7 +19,7 @@ from torch import nn
 
 from t2v_fast.attention_plugin import VideoUNet
 from t2v_fast.core.deepcache import EXPORTED_BRANCH, CachedUNet, CachingUNet
-from t2v_fast.core.families import MODELSCOPE, TEXT2VIDEO_ZERO
+from t2v_fast.core.families import INSTRUCT_PIX2PIX, MODELSCOPE, TEXT2VIDEO_ZERO
 from t2v_fast.core.models import ModelCard, ModelComponents
 from t2v_fast.errors import UserError
 from t2v_fast.families.guided.controlnet import ControlledVideoUNet, VideoControlNet
@@ -73,6 +73,18 @@ class VaeDecoder(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents / self.vae.config["scaling_factor"], return_dict=False)[0]
+
+
+class VaeEncoder(nn.Module):
+    """VAE encoder giving the mode of the latent distribution, unscaled: Instruct-Pix2Pix's UNet takes the input
+    frame's latents as its reference pipeline encodes them (`retrieve_latents(..., sample_mode="argmax")`)."""
+
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(images, return_dict=False)[0].mode()
 
 
 @dataclass(frozen=True)
@@ -138,14 +150,19 @@ class NetworkSpec:
         return made
 
     def output_shapes(self, shapes: dict[str, tuple[int, ...]], info: ModelCard) -> list[list[int]]:
-        """Each output's shape for these input shapes: every symbol read off the inputs, pixels from latents."""
+        """Each output's shape for these input shapes: every symbol read off the inputs, pixels from latents (or
+        latents from pixels)."""
         values = model_dims(info)
         for spec in self.inputs:
             values.update(
                 {axis: size for axis, size in zip(spec.shape, shapes[spec.name], strict=True) if isinstance(axis, str)}
             )
         scale = info.vae_scale_factor
-        values.update(height=values.get("latent_height", 0) * scale, width=values.get("latent_width", 0) * scale)
+        for pixels, latent in (("height", "latent_height"), ("width", "latent_width")):
+            if latent in values:  # a decoder's pixels from its latents, an encoder's latents from its pixels
+                values[pixels] = values[latent] * scale
+            elif pixels in values:
+                values[latent] = values[pixels] // scale
         return [spec.resolve(values) for spec in self.outputs]
 
     def profile(self, low: dict[str, int], opt: dict[str, int], high: dict[str, int]) -> dict[str, list[list[int]]]:
@@ -159,6 +176,8 @@ def model_dims(info: ModelCard) -> dict[str, int]:
         "tokens": info.text_max_length,
         "text_dim": info.text_dim,
         "channels": info.latent_channels,
+        # The UNet's input: the latents, and for video editing the input frame's latents beside them.
+        "unet_channels": info.latent_channels * info.task_record.unet_inputs_per_latent,
         "feature_channels": info.cache_feature_channels,
     }
 
@@ -185,6 +204,7 @@ def dims(info: ModelCard, *, videos: int, frames: int, height: int, width: int, 
 VIDEO_UNETS: dict[str, Callable[[Any], nn.Module]] = {
     TEXT2VIDEO_ZERO.name: VideoUNet,
     MODELSCOPE.name: VideoUNet3D,
+    INSTRUCT_PIX2PIX.name: VideoUNet,  # Stable Diffusion's UNet with cross-frame attention, taking 8 channels
 }
 
 
@@ -196,7 +216,7 @@ def _controlnet(components: ModelComponents) -> Any:
 
 LATENTS = ("videos", "frames", "channels", "latent_height", "latent_width")
 UNET_INPUTS = (
-    TensorSpec("sample", LATENTS),
+    TensorSpec("sample", ("videos", "frames", "unet_channels", "latent_height", "latent_width")),
     TensorSpec("timestep", (), dtype="int64", example="timestep"),
     TensorSpec("encoder_hidden_states", ("videos", "tokens", "text_dim")),
 )
@@ -226,6 +246,14 @@ NETWORKS: dict[str, NetworkSpec] = {
         config=lambda c: dict(c.vae.config),
         inputs=(TensorSpec("latents", ("images", "channels", "latent_height", "latent_width")),),
         outputs=(TensorSpec("images", ("images", 3, "height", "width")),),
+    ),
+    # Video editing's input frames, in [-1, 1], to the latents its UNet takes beside the noise.
+    "vae_encoder": NetworkSpec(
+        name="vae_encoder",
+        build=lambda c: VaeEncoder(c.vae),
+        config=lambda c: dict(c.vae.config),
+        inputs=(TensorSpec("images", ("images", 3, "height", "width")),),
+        outputs=(TensorSpec("image_latents", ("images", "channels", "latent_height", "latent_width")),),
     ),
     # Fast mode's two graphs (`t2v-fast export --fast`): the full step that also returns the feature, and the shallow
     # branch that takes it. Their config records the branch they were built for.
@@ -259,4 +287,3 @@ NETWORKS: dict[str, NetworkSpec] = {
 # Exported only on request, so an engine directory may lack them; every other network is in every one.
 FAST_NETWORKS = ("unet_caching", "unet_cached")
 GUIDED_NETWORKS = ("unet_controlnet",)
-COMPONENTS = tuple(name for name in NETWORKS if name not in (*FAST_NETWORKS, *GUIDED_NETWORKS))

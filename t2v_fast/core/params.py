@@ -225,7 +225,8 @@ def resolve(
         if name in infos:
             continue
         if name in owners:
-            message = f"{name} is a {owners[name]} parameter; {takers} do not take it"
+            article = "an" if owners[name][0] in "AEIOUaeiou" else "a"
+            message = f"{name} is {article} {owners[name]} parameter; {takers} do not take it"
         else:
             message = f"unknown parameter {name!r}"
         problems.append(ParamProblem((name,), message))

@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 from transformers import CLIPTokenizer
 
 from t2v_fast._version import __version__
+from t2v_fast.core.chunks import Chunk
 from t2v_fast.core.deepcache import DeepCache
 from t2v_fast.core.families import GUIDED, Task, settings_of, task_of_inputs
-from t2v_fast.core.guidance import ClassifierFreeGuidance
+from t2v_fast.core.guidance import GUIDERS, Guider
 from t2v_fast.core.models import Scheduler, dtype_name
 from t2v_fast.core.networks import DECODE_BATCH_SIZE
 from t2v_fast.core.params import CommonParams, ParamProblem, ParamRequest, raise_problems, request_problems
@@ -46,10 +47,6 @@ class VideoRequest:
     seed: int
 
 
-# The guider of each kind of guidance a task declares (`Task.guidance`).
-GUIDERS = {"two-way": ClassifierFreeGuidance}
-
-
 @dataclass(frozen=True)
 class Batch:
     """Videos denoised together: their requests, text embeddings (as the guider lays the UNet batch out), guidance,
@@ -57,7 +54,7 @@ class Batch:
 
     requests: Sequence[VideoRequest]
     text_embeddings: torch.Tensor
-    guider: ClassifierFreeGuidance
+    guider: Guider
     generators: list[torch.Generator]
     deep_cache: DeepCache | None = None  # fast mode's schedule; None: every step runs the whole UNet
     inputs: Mapping[str, torch.Tensor] = field(default_factory=dict)  # the task's input videos as tensors
@@ -162,6 +159,7 @@ class VideoPipeline(ABC):
         settings: CommonParams | None = None,
         progress: bool = True,
         control: str | Path | np.ndarray | None = None,
+        video: str | Path | np.ndarray | None = None,
         **params: Any,
     ) -> list[Video]:
         """Generate `videos_per_prompt` videos per prompt, prompt-major; always a list.
@@ -179,15 +177,17 @@ class VideoPipeline(ABC):
         GIF), a folder of PNG frames or a uint8 array `(F, H, W, 3)`; its frames become control maps by the
         `annotator` parameter, and the video takes their number, rate and size unless `frames`, `fps`, `height` and
         `width` say otherwise (`t2v_fast.families.guided.params`).
+
+        `video`, for video editing (an Instruct-Pix2Pix model): the video to edit by the instruction `prompt`, from
+        the same sources; it sets the length, rate and size likewise, and `image_guidance` how closely the edit keeps
+        to it (`t2v_fast.families.instruct_pix2pix.params`).
         """
         started = time.perf_counter()
-        task = task_of_inputs({"control": control})
+        inputs = {"control": control, "video": video}
+        task = task_of_inputs(inputs)
         run = self.renders().get(task.name)
         if run is None:
-            engine_dir = getattr(self.backend, "engine_dir", None)
-            if engine_dir is not None:  # an engine folder brings its ControlNet: it says how to export one
-                engine_dir.check_guided()
-            raise UserError(f"{task.title} needs a ControlNet: load the pipeline with one (controlnet=...)")
+            raise UserError(self._cannot_run(task))
         settings_class = settings_of(self.card.family_record, task)[0]
         if settings is not None and params:
             raise UserError("give either resolved settings or parameters, not both")
@@ -200,16 +200,16 @@ class VideoPipeline(ABC):
         requests, request_issues = plan_requests(prompt, negative_prompt, seed, videos_per_prompt)
         raise_problems([*request_issues, *problems])  # every problem at once, the request's first
         assert settings is not None
-        prepared = self.prepare_inputs(settings, {"control": control}, progress)
+        prepared = self.prepare_inputs(settings, inputs, progress)
         settings = prepared.settings
         check_fast_mode = getattr(self.backend, "check_fast_mode", None)  # engine backends: graphs for one branch
         if settings.cache_interval > 1 and check_fast_mode is not None:
             check_fast_mode(settings.cache_branch)  # before any work
         timings = {"encode_text_s": 0.0, "denoise_s": 0.0, "decode_s": 0.0}
 
-        guider = GUIDERS[self.card.task_record.guidance](settings.guidance)
+        guider = GUIDERS[task.guidance].of(settings)
         with timed(timings, "encode_text_s"):
-            text_embeddings = self.encode_prompts(requests, guider.enabled)
+            text_embeddings = self.encode_prompts(requests, guider)
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]
         fast = DeepCache(settings.cache_interval, settings.cache_branch) if settings.cache_interval > 1 else None
         batch = Batch(requests, text_embeddings, guider, generators, fast, prepared.tensors)
@@ -222,16 +222,26 @@ class VideoPipeline(ABC):
             for i, meta in enumerate(metadata)
         ]
 
+    def _cannot_run(self, task: Task) -> str:
+        """Why this pipeline does not run `task`: another family's, or its own needs an input video
+        (`ModelCard.check`), or guided video without a ControlNet."""
+        problems = self.card.check(ParamRequest(), task)[1]
+        if problems:
+            return str(problems[0])
+        engine_dir = getattr(self.backend, "engine_dir", None)
+        if engine_dir is not None:  # an engine folder brings its ControlNet: it says how to export one
+            engine_dir.check_guided()
+        return f"{task.title} needs a ControlNet: load the pipeline with one (controlnet=...)"
+
     def generate_video(self, prompt: str, **options: Any) -> Video:
         """One video of one prompt: `generate`'s keyword arguments, except `videos_per_prompt`."""
         if not isinstance(prompt, str) or options.get("videos_per_prompt", 1) != 1:
             raise UserError("generate_video makes one video of one prompt; use generate for several")
         return self.generate(prompt, **options)[0]
 
-    def encode_prompts(self, requests: Sequence[VideoRequest], guidance: bool) -> torch.Tensor:
-        """Per-video text embeddings; with guidance, `[negatives..., prompts...]` as the UNet batch expects."""
-        negatives = [r.negative_prompt for r in requests] if guidance else []
-        texts = negatives + [r.prompt for r in requests]
+    def encode_prompts(self, requests: Sequence[VideoRequest], guider: Guider) -> torch.Tensor:
+        """Per-video text embeddings, laid out as the guider's UNet batch reads them (`Guider.texts`)."""
+        texts = guider.texts([r.prompt for r in requests], [r.negative_prompt for r in requests])
         unique = list(dict.fromkeys(texts))
         tokens = self.tokenizer(
             unique,
@@ -260,6 +270,15 @@ class VideoPipeline(ABC):
         """A task's input videos read (`Task.input_videos`), before any model work. Text to video has none."""
         return PreparedInputs(settings)
 
+    def check_unet_shapes(self, batch: Batch, frame_counts: set[int], sample_shape: tuple[int, ...]) -> None:
+        """Refuse, before any work, UNet calls outside a TensorRT engine's profiles: one per frame count, of samples
+        `(guidance batch, frames, *sample_shape)`. Other backends take any shape."""
+        check = getattr(self.backend, "check_unet_shapes", None)
+        if check is not None:
+            text_shape = tuple(batch.text_embeddings.shape)
+            shapes = [(text_shape[0], n, *sample_shape) for n in sorted(frame_counts)]
+            check([{"sample": sample, "encoder_hidden_states": text_shape} for sample in shapes])
+
     def scheduler_for(self, steps: int) -> Scheduler:
         """A fresh copy of the model's scheduler set to `steps` steps: stepping changes a scheduler's state, and the
         model's own stays as loaded for the next request."""
@@ -280,17 +299,22 @@ class VideoPipeline(ABC):
         scheduler: Scheduler,
         bar: tqdm | None,
         conditions: Mapping[str, torch.Tensor] | None = None,
+        image_latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scheduler steps with the batch's guidance around the backend's UNet. A stochastic scheduler (Euler
         ancestral) draws each video's step noise from that video's generator, so the seed rule holds for it too.
 
         In fast mode, the deep feature is cached by this loop only: each call (a phase of the family's algorithm, a
         chunk) starts with a full step at its own batch shape (`t2v_fast.core.deepcache`). `conditions` are a guided
-        step's further inputs (control maps as the guider lays the batch out, the ControlNet's scale)."""
+        step's further inputs (control maps as the guider lays the batch out, the ControlNet's scale); `image_latents`
+        are video editing's input frames' latents (as the guider lays them out), the UNet's channels after the scaled
+        latents."""
         step_options = {"generator": batch.generators} if _takes_generator(scheduler) else {}
         cache, feature = batch.deep_cache, None
         for step, t in enumerate(timesteps):
             model_input = scheduler.scale_model_input(batch.guider.batch(latents), t)
+            if image_latents is not None:
+                model_input = torch.cat([model_input, image_latents], dim=2)
             unet_inputs = {"sample": model_input, "timestep": t, "encoder_hidden_states": batch.text_embeddings}
             if conditions:
                 predicted = self.backend.predict_noise_guided(**unet_inputs, **conditions)
@@ -305,6 +329,12 @@ class VideoPipeline(ABC):
             if bar is not None:
                 bar.update()
         return latents
+
+    def decode_chunk(self, latents: torch.Tensor, chunk: Chunk, output: np.ndarray) -> None:
+        """Decode the frames a chunk keeps into their place in `output` `(videos, F, H, W, 3)`."""
+        own_end = None if chunk.keep_count is None else chunk.keep_from + chunk.keep_count
+        kept = latents[:, chunk.keep_from : own_end]
+        output[:, chunk.output_start : chunk.output_start + kept.shape[1]] = self.decode_video(kept)
 
     def decode_video(self, latents: torch.Tensor) -> np.ndarray:
         """Latents `(videos, F, C, h, w)` -> uint8 frames `(videos, F, H, W, 3)`, a few frames per VAE call."""
@@ -364,7 +394,7 @@ def timed(timings: dict[str, float], key: str):
     try:
         yield
     finally:
-        timings[key] += time.perf_counter() - started
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - started
 
 
 def _takes_generator(scheduler: Scheduler) -> bool:

@@ -110,11 +110,27 @@ MODELSCOPE_TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def _packaged_configs(model: str) -> dict[str, dict[str, Any]]:
-    folder = resources.files("t2v_fast") / "configs" / model
-    return {
-        name: json.loads((folder / f"{name}.json").read_text()) for name in ("unet", "vae", "text_encoder", "scheduler")
-    }
+# Instruct-Pix2Pix's shape (Stable Diffusion's UNet taking the input frame's latents beside the noise: 8 channels) at
+# the tiny preset's widths, with the checkpoint's Euler ancestral scheduler.
+PIX2PIX_TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "unet": {**TINY_CONFIGS["unet"], "in_channels": 8},
+    "vae": TINY_CONFIGS["vae"],
+    "text_encoder": TINY_CONFIGS["text_encoder"],
+    "scheduler": {**TINY_CONFIGS["scheduler"], "_class_name": "EulerAncestralDiscreteScheduler"},
+}
+
+
+def _packaged_configs(model: str, base: str | None = None) -> dict[str, dict[str, Any]]:
+    """A packaged model's configs; those its folder lacks are `base`'s (Instruct-Pix2Pix's text encoder and VAE are
+    Stable Diffusion 1.5's)."""
+    configs = resources.files("t2v_fast") / "configs"
+    found = {}
+    for name in ("unet", "vae", "text_encoder", "scheduler"):
+        path = configs / model / f"{name}.json"
+        found[name] = json.loads(
+            (path if path.is_file() or base is None else configs / base / f"{name}.json").read_text()
+        )
+    return found
 
 
 PRESETS: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {
@@ -123,6 +139,8 @@ PRESETS: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {
     "sd15-random": lambda: _packaged_configs("sd15"),
     "modelscope-tiny-random": lambda: MODELSCOPE_TINY_CONFIGS,
     "modelscope-random": lambda: _packaged_configs("modelscope-t2v-1.7b"),
+    "pix2pix-tiny-random": lambda: PIX2PIX_TINY_CONFIGS,
+    "pix2pix-random": lambda: _packaged_configs("instruct-pix2pix", base="sd15"),
 }
 
 
@@ -184,7 +202,7 @@ def build_networks(configs: dict[str, dict[str, Any]]) -> dict[str, torch.nn.Mod
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    unet_class = getattr(diffusers, family_of_unet(configs["unet"]).unet_class)
+    unet_class = getattr(diffusers, family_of_unet(configs["unet"], configs["vae"]["latent_channels"]).unet_class)
     return {
         "text_encoder": CLIPTextModel(CLIPTextConfig(**strip_meta(configs["text_encoder"]))),
         "unet": unet_class(**strip_meta(configs["unet"])),
@@ -193,9 +211,10 @@ def build_networks(configs: dict[str, dict[str, Any]]) -> dict[str, torch.nn.Mod
 
 
 def build_random_components(name: str, seed: int = 0) -> dict[str, Any]:
-    """Build tokenizer, text encoder, UNet, VAE and DDIM scheduler of a preset with weights fixed by `seed`.
+    """Build tokenizer, text encoder, UNet, VAE and scheduler of a preset with weights fixed by `seed`.
 
-    Every preset's scheduler is DDIM, the scheduler of both families' reference checkpoints."""
+    The scheduler is the family's (`scheduler_from_config`): DDIM for the text-to-video presets, as both families'
+    reference checkpoints run; Instruct-Pix2Pix's Euler ancestral."""
     import torch
 
     configs = preset_configs(name)
@@ -210,6 +229,8 @@ def preset_tokenizer(configs: dict[str, dict[str, Any]]) -> CLIPTokenizer:
 
 
 def preset_scheduler(configs: dict[str, dict[str, Any]]) -> Any:
-    from diffusers import DDIMScheduler
+    from t2v_fast.core.models import scheduler_from_config  # it loads diffusers; the presets' table does not
 
-    return DDIMScheduler(**strip_meta(configs["scheduler"]))
+    return scheduler_from_config(
+        dict(configs["scheduler"]), family_of_unet(configs["unet"], configs["vae"]["latent_channels"])
+    )

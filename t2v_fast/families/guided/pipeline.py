@@ -15,18 +15,18 @@ flat with the video's length.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from t2v_fast.core.chunks import plan_chunks
 from t2v_fast.core.families import GUIDED
+from t2v_fast.core.input_params import read_input
 from t2v_fast.core.pipeline import Batch, PreparedInputs, Render, check_finite, timed
-from t2v_fast.families.guided.control import read_control
 from t2v_fast.families.guided.params import GuidedParams
-from t2v_fast.families.text2video_zero.pipeline import TextToVideoZeroPipeline, plan_chunks
+from t2v_fast.families.text2video_zero.pipeline import TextToVideoZeroPipeline
 
 
 class GuidedPipeline(TextToVideoZeroPipeline):
@@ -48,10 +48,9 @@ class GuidedPipeline(TextToVideoZeroPipeline):
         unset frames, fps, height and width become the control video's."""
         if videos.get("control") is None:
             return PreparedInputs(settings)
-        guided: GuidedParams = settings
-        video = read_control(videos["control"], guided, self.card.native_size)
-        height, width = video.frames.shape[1:3]
-        guided = replace(guided, frames=len(video.frames), fps=video.fps, height=height, width=width)
+        video, guided = read_input(
+            videos["control"], cast(GuidedParams, settings), self.card.native_size, "control video"
+        )
         from t2v_fast.annotators import annotate
 
         maps = annotate(

@@ -12,13 +12,13 @@ Long videos run step 3-5 chunk by chunk, each chunk anchored on the same first f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from t2v_fast.core.chunks import plan_chunks
 from t2v_fast.core.pipeline import Batch, VideoPipeline, check_finite, timed
 from t2v_fast.families.text2video_zero.motion import forward_diffuse, warp_latents
 from t2v_fast.families.text2video_zero.params import TextToVideoZeroParams
@@ -26,36 +26,6 @@ from t2v_fast.families.text2video_zero.schedule import StepPlan
 
 if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One pass of steps 3-5: frame ids fed to the UNet (anchor first) and which of the outputs to keep."""
-
-    frame_ids: list[int]
-    keep_from: int
-    output_start: int
-    keep_count: int | None = None  # None: every output from `keep_from` on
-
-
-def plan_chunks(frames: int, chunk_size: int | None) -> list[Chunk]:
-    """Split a video into UNet passes of exactly `chunk_size` frames, as diffusers documents for long videos.
-
-    Each chunk is `[0] + its own frame ids`: frame id 0 is the anchor whose keys and values all frames attend to, and
-    its output is dropped. Frame ids stay absolute, so the motion continues from chunk to chunk. The last chunk's own
-    frames are followed by frames of the chunk before (recomputed, dropped), so that every pass has one shape: static
-    TensorRT engines and compiled graphs then serve every chunk. Its own frames stay first, so they draw the same
-    noise as the documented procedure's shorter last chunk, and each frame depends only on itself and the anchor.
-    """
-    if chunk_size is None or chunk_size >= frames:
-        return [Chunk(frame_ids=list(range(frames)), keep_from=0, output_start=0)]
-    per_chunk = chunk_size - 1
-    chunks = []
-    for start in range(0, frames, per_chunk):
-        own = list(range(start, min(start + per_chunk, frames)))
-        filler = list(range(start - (per_chunk - len(own)), start))
-        chunks.append(Chunk(frame_ids=[0, *own, *filler], keep_from=1, output_start=start, keep_count=len(own)))
-    return chunks
 
 
 class TextToVideoZeroPipeline(VideoPipeline):
@@ -75,13 +45,7 @@ class TextToVideoZeroPipeline(VideoPipeline):
             settings.width // card.vae_scale_factor,
         )
 
-        check_shapes = getattr(self.backend, "check_unet_shapes", None)  # TensorRT: refuse before any work
-        if check_shapes is not None:
-            text_shape = tuple(batch.text_embeddings.shape)
-            counts = sorted({1, *(len(chunk.frame_ids) for chunk in chunks)})
-            check_shapes(
-                [{"sample": (text_shape[0], n, *latent_shape), "encoder_hidden_states": text_shape} for n in counts]
-            )
+        self.check_unet_shapes(batch, {1, *(len(chunk.frame_ids) for chunk in chunks)}, latent_shape)
         first_frame = self._noise(batch, 1, latent_shape) * scheduler.init_noise_sigma
         noise_state = [g.get_state() for g in batch.generators]
 
@@ -110,9 +74,3 @@ class TextToVideoZeroPipeline(VideoPipeline):
                 with timed(timings, "decode_s"):
                     self.decode_chunk(latents, chunk, output)
         return output
-
-    def decode_chunk(self, latents: torch.Tensor, chunk: Chunk, output: np.ndarray) -> None:
-        """Decode the frames a chunk keeps into their place in `output` `(videos, F, H, W, 3)`."""
-        own_end = None if chunk.keep_count is None else chunk.keep_from + chunk.keep_count
-        kept = latents[:, chunk.keep_from : own_end]
-        output[:, chunk.output_start : chunk.output_start + kept.shape[1]] = self.decode_video(kept)
