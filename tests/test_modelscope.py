@@ -115,10 +115,17 @@ def test_a_batch_equals_its_videos_made_one_by_one(ms_pipeline):
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("motion_x", 3.0), ("motion_y", 0.0), ("t0", 40), ("t1", 45), ("chunk_size", 4)]
+    ("option", "value", "owners"),
+    [
+        ("motion_x", 3.0, "Text2Video-Zero"),
+        ("motion_y", 0.0, "Text2Video-Zero"),
+        ("t0", 40, "Text2Video-Zero"),
+        ("t1", 45, "Text2Video-Zero"),
+        ("chunk_size", 4, "Text2Video-Zero, Instruct-Pix2Pix and guided video"),  # every chunked loop's
+    ],
 )
-def test_text2video_zero_parameters_are_refused(ms_pipeline, option, value):
-    with pytest.raises(UserError, match=f"{option} is a Text2Video-Zero parameter; ModelScope"):
+def test_text2video_zero_parameters_are_refused(ms_pipeline, option, value, owners):
+    with pytest.raises(UserError, match=f"{option} is a {owners} parameter; ModelScope"):
         ms_pipeline.generate_video("a cat", seed=1, frames=2, steps=2, progress=False, **{option: value})
 
 

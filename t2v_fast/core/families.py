@@ -197,17 +197,24 @@ def param_owners() -> dict[str, str]:
 
 def all_params() -> tuple[ParamInfo, ...]:
     """Every parameter of every family, common ones first, each once, with its owners (those that share one, e.g.
-    the input video's cut, joined: "guided video and Instruct-Pix2Pix"), those of a section (fast mode, guided video)
+    the input video's cut, joined: "Instruct-Pix2Pix and guided video"), those of a section (fast mode, guided video)
     last: for the command line, the manifest columns and the web app."""
     found: dict[str, ParamInfo] = {}
+    owners: dict[str, list[str]] = {}
     owned = [(family.params, family.title) for family in FAMILIES.values()]
     owned += [(task.params, task.title) for task in TASKS.values() if task.params]
     for settings, owner in owned:
         for info in param_infos(settings, owner):
-            known = found.setdefault(info.name, info)
-            if info.owner and known.owner and info.owner not in known.owner.split(" and "):
-                found[info.name] = replace(known, owner=f"{known.owner} and {info.owner}")
-    return tuple(sorted(found.values(), key=lambda info: info.section != ""))
+            found.setdefault(info.name, info)
+            if info.owner and info.owner not in owners.setdefault(info.name, []):
+                owners[info.name].append(info.owner)
+    joined = [replace(info, owner=_joined(owners.get(info.name, []))) for info in found.values()]
+    return tuple(sorted(joined, key=lambda info: info.section != ""))
+
+
+def _joined(names: list[str]) -> str:
+    """ "A", "A and B", "A, B and C"."""
+    return " and ".join(filter(None, [", ".join(names[:-1]), *names[-1:]]))
 
 
 INPUT_VIDEOS = "the input video's"  # a task default of None: the request's input video sets it
